@@ -1,0 +1,150 @@
+"""Candidate trees: from a list of rank paths to the buffers one verification step needs.
+
+A tree is given as Medusa "choices": paths of per-depth ranks such as ``[[0], [0, 0], [1]]``.
+The node ``(r1, ..., rd)`` sits at depth d, carries head (d-1)'s rank-rd proposal and hangs
+under ``(r1, ..., r(d-1))``. The root (depth 0) is the base model's own next token and is
+not listed. Slots are numbered root first, then paths sorted by (length, ranks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+TOPK = 10
+"""Proposals kept per head (the reference implementation's constant)."""
+
+
+class TreeError(ValueError):
+    """A malformed list of tree choices."""
+
+
+@dataclass(frozen=True)
+class Tree:
+    """Everything a verification step needs, as CPU tensors (move with :meth:`to`).
+
+    - ``parents[s]``: parent slot of slot s (-1 for the root).
+    - ``depths[s]``: depth of slot s; position id offset of its token.
+    - ``tree_indices[s]``: index of slot s's token in the flat candidate vector
+      ``[root, head0 top-k..., head1 top-k..., ...]``.
+    - ``ancestor_mask[s, t]``: True when slot s may attend to slot t (t is s or an ancestor).
+    - ``retrieve_indices[p]``: slots of the root-to-leaf path p, padded with -1.
+    """
+
+    choices: tuple[tuple[int, ...], ...]
+    parents: torch.Tensor
+    depths: torch.Tensor
+    tree_indices: torch.Tensor
+    ancestor_mask: torch.Tensor
+    retrieve_indices: torch.Tensor
+    topk: int
+
+    @property
+    def size(self) -> int:
+        """Number of slots, root included."""
+        return len(self.choices) + 1
+
+    @property
+    def depth(self) -> int:
+        """Depth of the deepest node (the number of heads the tree needs)."""
+        return max((len(c) for c in self.choices), default=0)
+
+    def to(self, device: torch.device | str) -> Tree:
+        """A copy with every tensor on ``device``."""
+        moved = {
+            name: getattr(self, name).to(device)
+            for name in ("parents", "depths", "tree_indices", "ancestor_mask", "retrieve_indices")
+        }
+        return Tree(choices=self.choices, topk=self.topk, **moved)
+
+
+def build_tree(
+    choices: Sequence[Sequence[int]], num_heads: int | None = None, topk: int = TOPK
+) -> Tree:
+    """Validate ``choices`` and build the tree's buffers.
+
+    Raises :class:`TreeError` for a path deeper than ``num_heads``, a path whose parent is
+    missing, a rank outside ``[0, topk)``, a duplicate, or anything that is not a list of
+    integer lists.
+    """
+    paths = _validate(choices, num_heads, topk)
+    slot_of = {(): 0}
+    for slot, path in enumerate(paths, start=1):
+        slot_of[path] = slot
+    size = len(paths) + 1
+
+    parents = [-1] + [slot_of[p[:-1]] for p in paths]
+    depths = [0] + [len(p) for p in paths]
+    tree_indices = [0] + [1 + topk * (len(p) - 1) + p[-1] for p in paths]
+
+    ancestor_mask = torch.zeros(size, size, dtype=torch.bool)
+    for slot in range(size):
+        node = slot
+        while node >= 0:
+            ancestor_mask[slot, node] = True
+            node = parents[node]
+
+    is_parent = set(parents)
+    leaves = [s for s in range(size) if s not in is_parent]
+    chains = []
+    for leaf in reversed(leaves):  # deepest / lexicographically last first, as the reference
+        chain, node = [], leaf
+        while node >= 0:
+            chain.append(node)
+            node = parents[node]
+        chains.append(chain[::-1])
+    width = max(len(c) for c in chains)
+    retrieve = torch.full((len(chains), width), -1, dtype=torch.long)
+    for row, chain in enumerate(chains):
+        retrieve[row, : len(chain)] = torch.tensor(chain)
+
+    return Tree(
+        choices=tuple(paths),
+        parents=torch.tensor(parents, dtype=torch.long),
+        depths=torch.tensor(depths, dtype=torch.long),
+        tree_indices=torch.tensor(tree_indices, dtype=torch.long),
+        ancestor_mask=ancestor_mask,
+        retrieve_indices=retrieve,
+        topk=max((max(p) for p in paths), default=-1) + 1,
+    )
+
+
+def _validate(
+    choices: Sequence[Sequence[int]], num_heads: int | None, topk: int
+) -> list[tuple[int, ...]]:
+    if isinstance(choices, str | bytes) or not isinstance(choices, Sequence):
+        raise TreeError(f"tree choices must be a list of rank paths like [[0], [0, 0]], got {choices!r}")
+    paths: list[tuple[int, ...]] = []
+    for raw in choices:
+        if isinstance(raw, str | bytes) or not isinstance(raw, Sequence) or not raw:
+            raise TreeError(f"each tree path must be a non-empty list of ranks, got {raw!r}")
+        if not all(isinstance(r, int) and not isinstance(r, bool) for r in raw):
+            raise TreeError(f"tree path {list(raw)} holds a non-integer rank")
+        path = tuple(raw)
+        bad = [r for r in path if not 0 <= r < topk]
+        if bad:
+            raise TreeError(f"tree path {list(path)} has rank {bad[0]} outside 0..{topk - 1} (top-k is {topk})")
+        paths.append(path)
+    seen: set[tuple[int, ...]] = set()
+    for path in paths:
+        if path in seen:
+            raise TreeError(f"tree path {list(path)} is listed twice")
+        seen.add(path)
+    for path in paths:
+        if len(path) > 1 and path[:-1] not in seen:
+            raise TreeError(f"tree path {list(path)} has no parent: add {list(path[:-1])}")
+    if num_heads is not None:
+        deepest = max(paths, key=len, default=())
+        if len(deepest) > num_heads:
+            raise TreeError(
+                f"tree path {list(deepest)} has depth {len(deepest)} but the model has only "
+                f"{num_heads} Medusa head(s); use a tree of depth <= {num_heads}"
+            )
+    return sorted(paths, key=lambda p: (len(p), p))
+
+
+def chain(depth: int) -> list[list[int]]:
+    """The top-1 chain ``[[0], [0, 0], ...]`` of the given depth."""
+    return [[0] * d for d in range(1, depth + 1)]
