@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from .tree import TreeError, chain
 
-
 REFERENCE_TREES: dict[str, list[list[int]]] = {
     "mc_sim_7b_63": [
         [0], [0, 0], [1], [0, 1], [2], [0, 0, 0], [1, 0], [0, 2], [3], [0, 3], [4], [0, 4], [2, 0], [0, 5],

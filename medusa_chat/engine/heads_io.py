@@ -1,0 +1,181 @@
+"""Reading and writing Medusa heads in every layout seen in the wild.
+
+One reader, :func:`load_heads`, accepts:
+
+- the project's own directory: ``config.json`` (``medusa_num_heads``, ``medusa_num_layers``,
+  ``base_model_name_or_path``) + ``medusa_lm_head.safetensors`` with FasterDecoding keys
+  ``{i}.{j}.linear.weight|bias`` and ``{i}.{L}.weight`` (absent when the projection is shared);
+- the same keys in a legacy ``medusa_lm_head.pt`` (read with ``weights_only=True``: a pickle
+  that needs anything beyond tensors is refused and nothing in it runs);
+- full-model (Medusa-2) checkpoints whose shards hold ``medusa_head.{i}...`` keys;
+- vLLM's layout (``blocks.{i}.layers.{j}.weight``, ``lm_heads.{i}.weight``).
+
+The number of heads and layers is read from the weights, never trusted from the config
+(FasterDecoding's v1.3 configs say 2 heads while the files hold 5).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .heads import MedusaHeads
+
+HEADS_SAFETENSORS = "medusa_lm_head.safetensors"
+HEADS_PT = "medusa_lm_head.pt"
+CONFIG = "config.json"
+
+_BLOCK = re.compile(r"^(\d+)\.(\d+)\.linear\.(weight|bias)$")
+_PROJ = re.compile(r"^(\d+)\.(\d+)\.weight$")
+
+
+class HeadsError(ValueError):
+    """Medusa heads that are missing, unreadable or do not fit the base model."""
+
+
+def save_heads(heads: MedusaHeads, directory: str | Path, base_model: str, extra: Mapping | None = None) -> Path:
+    """Write ``heads`` in the project format (config.json + medusa_lm_head.safetensors)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in heads.state_dict().items()}
+    tmp = directory / (HEADS_SAFETENSORS + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    tmp.replace(directory / HEADS_SAFETENSORS)
+    config = {
+        "medusa_num_heads": heads.num_heads,
+        "medusa_num_layers": heads.num_layers,
+        "base_model_name_or_path": base_model,
+        "hidden_size": heads.hidden_size,
+        "vocab_size": heads.vocab_size,
+        "shared_projection": heads.shared_projection,
+        **(extra or {}),
+    }
+    (directory / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return directory
+
+
+def read_heads_config(path: str | Path) -> dict:
+    """The heads' ``config.json`` next to (or inside) ``path``; empty when there is none."""
+    path = Path(path)
+    config = (path if path.is_dir() else path.parent) / CONFIG
+    if not config.is_file():
+        return {}
+    try:
+        return json.loads(config.read_text())
+    except json.JSONDecodeError as exc:
+        raise HeadsError(f"{config} is not valid JSON: {exc}") from exc
+
+
+def load_heads_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The heads' tensors from a directory or file, keys in FasterDecoding layout."""
+    path = Path(path)
+    if not path.exists():
+        raise HeadsError(f"no Medusa heads at {path}: the path does not exist")
+    if path.is_dir():
+        for name in (HEADS_SAFETENSORS, HEADS_PT):
+            if (path / name).is_file():
+                return load_heads_state(path / name)
+        shards = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+        state = {}
+        for shard in shards:
+            state.update(_read_tensors(shard, want=lambda k: k.startswith(("medusa_head.", "blocks.", "lm_heads."))))
+        if not state:
+            raise HeadsError(
+                f"no Medusa heads in {path}: expected {HEADS_SAFETENSORS}, {HEADS_PT} "
+                "or model shards with medusa_head.* keys"
+            )
+        return normalise_keys(state)
+    return normalise_keys(_read_tensors(path))
+
+
+def _read_tensors(path: Path, want=lambda key: True) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys() if want(k)}  # noqa: SIM118
+        except Exception as exc:  # safetensors raises its own error types
+            raise HeadsError(f"{path} is not a readable safetensors file ({exc}); re-download or re-train it") from exc
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise HeadsError(
+            f"refused to load {path}: the pickle needs more than plain tensors ({exc}). "
+            "Only weights are accepted; nothing in the file was run."
+        ) from exc
+    except Exception as exc:
+        raise HeadsError(f"{path} is not a readable PyTorch checkpoint ({exc})") from exc
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise HeadsError(f"{path} does not hold a state dict of tensors")
+    return {k: v for k, v in state.items() if want(k)}
+
+
+def normalise_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map Medusa-2 (``medusa_head.``) and vLLM (``blocks.``/``lm_heads.``) names to FasterDecoding's."""
+    out: dict[str, torch.Tensor] = {}
+    layers = {int(m.group(2)) for k in state if (m := re.match(r"^blocks\.(\d+)\.layers\.(\d+)\.", k))}
+    num_layers = max(layers) + 1 if layers else 0
+    for key, tensor in state.items():
+        key = key.removeprefix("medusa_heads.").removeprefix("medusa_head.")
+        if m := re.match(r"^blocks\.(\d+)\.layers\.(\d+)\.(weight|bias)$", key):
+            key = f"{m[1]}.{m[2]}.linear.{m[3]}"
+        elif m := re.match(r"^lm_heads\.(\d+)\.weight$", key):
+            key = f"{m[1]}.{num_layers}.weight"
+        out[key] = tensor
+    return out
+
+
+def heads_from_state(
+    state: Mapping[str, torch.Tensor], hidden_size: int | None = None, vocab_size: int | None = None
+) -> MedusaHeads:
+    """Build :class:`MedusaHeads` from a FasterDecoding-layout state dict, checking shapes.
+
+    K and L are inferred from the keys. ``hidden_size``/``vocab_size`` are the base model's;
+    a mismatch raises :class:`HeadsError` naming the tensor.
+    """
+    blocks: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+    projections: dict[int, tuple[int, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        if m := _BLOCK.match(key):
+            blocks.setdefault((int(m[1]), int(m[2])), {})[m[3]] = tensor
+        elif m := _PROJ.match(key):
+            projections[int(m[1])] = (int(m[2]), tensor)
+        else:
+            raise HeadsError(f"unexpected tensor {key!r} in Medusa heads")
+    if not blocks:
+        raise HeadsError("the Medusa heads file holds no residual blocks ({i}.{j}.linear.weight)")
+    num_heads = max(i for i, _ in blocks) + 1
+    num_layers = max(j for _, j in blocks) + 1
+    for i in range(num_heads):
+        for j in range(num_layers):
+            if set(blocks.get((i, j), {})) != {"weight", "bias"}:
+                raise HeadsError(f"Medusa head {i} lacks block {j} (weight and bias)")
+    if projections and set(projections) != set(range(num_heads)):
+        raise HeadsError(f"only heads {sorted(projections)} of {num_heads} have a vocab projection")
+    if any(layer != num_layers for layer, _ in projections.values()):
+        raise HeadsError("Medusa head vocab projections are not after the last block")
+
+    h = blocks[(0, 0)]["weight"].shape[0]
+    if hidden_size is not None and h != hidden_size:
+        raise HeadsError(f"Medusa heads have hidden size {h} but the base model has {hidden_size}: wrong base model?")
+    v = projections[0][1].shape[0] if projections else (vocab_size or 0)
+    if vocab_size is not None and projections and v != vocab_size:
+        raise HeadsError(f"Medusa heads project onto {v} tokens but the base model's vocabulary has {vocab_size}")
+    heads = MedusaHeads(h, v, num_heads, num_layers, shared_projection=not projections)
+    expected = heads.state_dict()
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise HeadsError(f"Medusa heads tensor {key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}")
+    heads.load_state_dict({k: v.float() for k, v in state.items()})
+    return heads
+
+
+def load_heads(path: str | Path, hidden_size: int | None = None, vocab_size: int | None = None) -> MedusaHeads:
+    """Read heads in any supported layout and check them against the base model's sizes."""
+    return heads_from_state(load_heads_state(path), hidden_size, vocab_size)
