@@ -171,7 +171,8 @@ def heads_from_state(
     expected = heads.state_dict()
     for key, tensor in state.items():
         if tensor.shape != expected[key].shape:
-            raise HeadsError(f"Medusa heads tensor {key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}")
+            want = tuple(expected[key].shape)
+            raise HeadsError(f"Medusa heads tensor {key} has shape {tuple(tensor.shape)}, expected {want}")
     heads.load_state_dict({k: v.float() for k, v in state.items()})
     return heads
 
