@@ -1,0 +1,303 @@
+"""The user's saved settings: a small TOML file under ``config_dir()``.
+
+Read with :mod:`tomllib`, written by a tiny writer below (strings, numbers, booleans, string lists
+and one level of tables are all this file ever holds). Every field is validated by ``validate``;
+the settings form shows those messages and refuses to save invalid values. A broken or partly
+invalid file never stops the app: bad fields fall back to their defaults and the problems are
+reported.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+FILE_NAME = "config.toml"
+DEFAULT_THEME = "medusa-dark"
+TREE_AUTO = "auto"
+
+
+class SettingsError(ValueError):
+    """One or more invalid settings; ``errors`` maps field name to a message."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+@dataclass
+class Settings:
+    """Everything the user can change from the settings form (plus remembered choices)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    tree: str = TREE_AUTO
+    posterior_threshold: float = 0.09
+    posterior_alpha: float = 0.3
+    system_prompt: str = ""
+    theme: str = DEFAULT_THEME
+    medusa: bool = True
+    colour_tokens: bool = False
+    model: str = ""
+    quant: str = ""
+    keymap: dict[str, str] = field(default_factory=dict)
+
+    def validated(self) -> Settings:
+        """``self`` if every field is valid, else raises :class:`SettingsError`."""
+        errors = validate(asdict(self))
+        if errors:
+            raise SettingsError(errors)
+        return self
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for ``GenerationConfig`` (medusa added by the caller)."""
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "posterior_threshold": self.posterior_threshold,
+            "posterior_alpha": self.posterior_alpha,
+        }
+
+
+def _number(value: Any, kind: type) -> float | int:
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be empty")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be an integer" if kind is int else "must be a number") from None
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError("must be an integer")
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    return number
+
+
+_RANGES: dict[str, tuple[type, float, float, str]] = {
+    "temperature": (float, 0.0, 2.0, "between 0 and 2 (0 = greedy)"),
+    "top_p": (float, 1e-9, 1.0, "in (0, 1]"),
+    "max_new_tokens": (int, 1, 32768, "between 1 and 32768"),
+    "posterior_threshold": (float, 0.0, 1.0, "between 0 and 1"),
+    "posterior_alpha": (float, 0.0, 1.0, "between 0 and 1"),
+}
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Parse one field from form text or TOML into its type; raises ValueError with a user message."""
+    if name in _RANGES:
+        kind, low, high, text = _RANGES[name]
+        number = _number(value, kind)
+        if not low <= number <= high:
+            raise ValueError(f"must be {text}")
+        return number
+    if name in ("medusa", "colour_tokens"):
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+    if name == "keymap":
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ValueError("must map binding ids to keys")
+        return dict(value)
+    if not isinstance(value, str):
+        raise ValueError("must be text")
+    if name == "tree":
+        value = value.strip() or TREE_AUTO
+        if value != TREE_AUTO and not _tree_known(value):
+            raise ValueError(f"unknown tree {value!r}")
+    if name == "theme" and not value.strip():
+        raise ValueError("must not be empty")
+    if name == "system_prompt" and len(value) > 20000:
+        raise ValueError("is too long (20000 characters at most)")
+    return value
+
+
+def _tree_known(name: str) -> bool:
+    try:
+        from .engine.presets import PRESETS
+    except Exception:  # pragma: no cover - presets always ship
+        return True
+    if name in PRESETS:
+        return True
+    return any(name == t for t in tuned_trees())
+
+
+def tree_choices() -> list[str]:
+    """Tree names the form offers: auto, the presets, then trees tuned on this machine."""
+    try:
+        from .engine.presets import PRESETS
+
+        names = list(PRESETS)
+    except Exception:  # pragma: no cover
+        names = []
+    return [TREE_AUTO, *names, *[t for t in tuned_trees() if t not in names]]
+
+
+def tuned_trees() -> list[str]:
+    """Names of trees tuned by ``medusa-chat tune`` (JSON files under ``data_dir()/trees``)."""
+    try:
+        from .paths import data_dir
+
+        folder = data_dir() / "trees"
+    except Exception:  # pragma: no cover
+        return []
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.json"))
+
+
+def validate(values: dict[str, Any]) -> dict[str, str]:
+    """Messages for every invalid field in ``values`` (empty when all are valid)."""
+    errors: dict[str, str] = {}
+    names = {f.name for f in fields(Settings)}
+    for name, value in values.items():
+        if name not in names:
+            continue
+        try:
+            coerce(name, value)
+        except ValueError as exc:
+            errors[name] = str(exc)
+    return errors
+
+
+def parse_form(current: Settings, values: dict[str, Any]) -> Settings:
+    """A new Settings from form values (text), or SettingsError with every field's problem."""
+    parsed: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for name, value in values.items():
+        try:
+            parsed[name] = coerce(name, value)
+        except ValueError as exc:
+            errors[name] = str(exc)
+    if errors:
+        raise SettingsError(errors)
+    return replace(current, **parsed)
+
+
+def settings_path() -> Path:
+    from .paths import config_dir
+
+    return config_dir() / FILE_NAME
+
+
+def load(path: Path | None = None) -> tuple[Settings, list[str]]:
+    """The saved settings and a list of problems found (bad fields keep their defaults)."""
+    path = path or settings_path()
+    problems: list[str] = []
+    if not path.exists():
+        return Settings(), problems
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return Settings(), [f"{path}: unreadable, using defaults ({exc})"]
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "generation" and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    settings = Settings()
+    names = {f.name for f in fields(Settings)}
+    for key, value in flat.items():
+        if key not in names:
+            problems.append(f"{path}: unknown setting {key!r} ignored")
+            continue
+        try:
+            setattr(settings, key, coerce(key, value))
+        except ValueError as exc:
+            problems.append(f"{path}: {key} {exc}; using the default")
+    return settings, problems
+
+
+_GENERATION_KEYS = ("temperature", "top_p", "max_new_tokens", "tree", "posterior_threshold", "posterior_alpha")
+
+
+def save(settings: Settings, path: Path | None = None) -> Path:
+    """Write ``settings`` atomically (temporary file + rename) and return the path."""
+    path = path or settings_path()
+    data = asdict(settings)
+    top = {k: v for k, v in data.items() if k not in _GENERATION_KEYS and k != "keymap"}
+    doc = {**top, "generation": {k: data[k] for k in _GENERATION_KEYS}, "keymap": data["keymap"]}
+    text = "# medusa-chat settings (written by the app; edit freely)\n" + dumps(doc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+# --- a tiny TOML writer -------------------------------------------------------------------------
+
+
+def _string(value: str) -> str:
+    out = ['"']
+    for ch in value:
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _key(key: str) -> str:
+    if key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key):
+        return key
+    return _string(key)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("TOML writer: non-finite floats are not written")
+        return repr(value)
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    raise TypeError(f"TOML writer: unsupported value {value!r}")
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    """TOML text for a dict of scalars/lists plus one level of tables."""
+    lines = [f"{_key(k)} = {_value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
+    for name, table in doc.items():
+        if isinstance(table, dict):
+            lines.append("")
+            lines.append(f"[{_key(name)}]")
+            for k, v in table.items():
+                if isinstance(v, dict):
+                    raise TypeError("TOML writer: nested tables are not supported")
+                lines.append(f"{_key(k)} = {_value(v)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,541 @@
+"""The chat screen: transcript, gauges, prompt; generation and compare runs in thread workers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+
+from ...engine.events import GenerationStats, StepEvent
+from ...store import StoredMessage
+from ..engine import Gauges, generation_config, is_context_error, token_segments
+from ..widgets.gauges import GaugeBar
+from ..widgets.message import MessageView, code_blocks
+from ..widgets.prompt import PromptInput
+
+if TYPE_CHECKING:
+    from ..app import MedusaChatApp
+
+POST_INTERVAL = 1 / 30  # coalesce step events to at most ~30 UI updates per second
+BASELINE_MIN_TOKENS = 8  # a plain run refreshes the measured plain speed when it is at least this long
+
+
+@dataclass
+class Job:
+    """One generation in flight."""
+
+    id: int
+    view: MessageView | None
+    gauges: Gauges
+    cancel: threading.Event = field(default_factory=threading.Event)
+    stopped: bool = False
+    done: bool = False
+
+
+@dataclass
+class CompareResult:
+    prompt: str
+    plain: GenerationStats
+    medusa: GenerationStats
+    baseline_tps: float | None
+
+    @property
+    def identical(self) -> bool:
+        return list(self.plain.token_ids) == list(self.medusa.token_ids) and self.plain.text == self.medusa.text
+
+    @property
+    def speedup(self) -> float | None:
+        plain = self.plain.tokens_per_s
+        return self.medusa.tokens_per_s / plain if plain > 0 else None
+
+
+class Streamed(Message):
+    def __init__(self, job_id: int, events: list[StepEvent], segments: list[tuple[str, bool]]) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.events = events
+        self.segments = segments
+
+
+class Finished(Message):
+    def __init__(self, job_id: int, stats: GenerationStats) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.stats = stats
+
+
+class Failed(Message):
+    def __init__(self, job_id: int, error: BaseException) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.error = error
+
+
+class CompareProgress(Message):
+    def __init__(self, job_id: int, text: str) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.text = text
+
+
+class CompareDone(Message):
+    def __init__(self, job_id: int, result: CompareResult | None, error: BaseException | None = None) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.result = result
+        self.error = error
+
+
+class ChatScreen(Screen):
+    """Transcript + gauges + prompt. All engine work happens in thread workers (group ``generate``)."""
+
+    AUTO_FOCUS = "#prompt"
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "stop", "Stop", priority=True, id="generation.stop", tooltip="Stop the generation"),
+        Binding("ctrl+n", "new_chat", "New chat", priority=True, id="chat.new"),
+        Binding("ctrl+r", "regenerate", "Regenerate", priority=True, id="chat.regenerate"),
+        Binding("ctrl+b", "compare", "Compare", priority=True, id="chat.compare",
+                tooltip="Re-run the last prompt with Medusa off and on, side by side"),
+        Binding("ctrl+g", "colour", "Colour tokens", priority=True, id="chat.colour", show=False,
+                tooltip="Colour streamed text: accepted from a Medusa head vs the base model's own token"),
+        Binding("f6", "copy_answer", "Copy answer", id="chat.copy_answer", show=False),
+        Binding("f7", "copy_code", "Copy code", id="chat.copy_code", show=False),
+        Binding("f8", "export", "Export", id="chat.export", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="chat")
+        self.turns: list[dict[str, str]] = []
+        self.conversation_id: int | None = None
+        self.system_prompt = ""
+        self.job: Job | None = None
+        self._job_seq = 0
+        self._pending: tuple[str, Any] | None = None  # a request waiting for the stopped worker to end
+        self.last_gauges: Gauges | None = None
+        self.compare_running = False
+
+    @property
+    def chat_app(self) -> MedusaChatApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False, icon="◉")
+        yield Static("", id="status")
+        with VerticalScroll(id="transcript"):
+            yield Static(
+                "Type a message and press Enter. Shift+Enter or Ctrl+J adds a newline; Up/Down recall earlier "
+                "prompts.\nctrl+t toggles Medusa · Esc stops · ctrl+b compares Medusa off/on · F1 help · "
+                "ctrl+p commands",
+                id="welcome",
+            )
+        yield GaugeBar(id="gauges")
+        yield PromptInput(id="prompt", placeholder="Message (Enter to send)")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#transcript", VerticalScroll).anchor()
+        self.system_prompt = self.chat_app.settings.system_prompt
+        self.refresh_status()
+
+    # --- status -----------------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return (self.job is not None and not self.job.done) or self.compare_running
+
+    @property
+    def generating(self) -> bool:
+        return self.job is not None and not self.job.stopped and not self.job.done
+
+    def refresh_status(self) -> None:
+        app = self.chat_app
+        self.sub_title = app.subtitle()
+        self.query_one("#status", Static).update(app.status_line())
+        self.query_one("#status").set_class(app.loading, "-loading")
+        self.query_one("#status").set_class(app.load_error is not None, "-error")
+        gauges = self.job.gauges if self.job is not None and not self.job.done else self.last_gauges
+        self.query_one(GaugeBar).show(gauges, app.medusa, app.baseline_tps)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "stop":
+            return self.generating or self.compare_running
+        if action == "regenerate":
+            return None if self.busy else True
+        return True
+
+    # --- prompt -----------------------------------------------------------------------------------
+
+    @on(PromptInput.Submitted)
+    async def on_prompt_submitted(self, event: PromptInput.Submitted) -> None:
+        await self.submit(event.text)
+
+    async def submit(self, text: str) -> bool:
+        """Send ``text`` as the next user turn; False when it cannot be sent now."""
+        app = self.chat_app
+        if app.loaded is None:
+            app.notify(
+                "The model is still loading; your prompt is kept." if app.loading else "No model loaded (ctrl+o).",
+                severity="warning",
+            )
+            return False
+        if self.busy and not (self.job is not None and self.job.stopped):
+            app.notify("Still generating: press Esc to stop it first.", severity="warning")
+            return False
+        prompt = self.query_one(PromptInput)
+        prompt.remember(text)
+        prompt.load_text("")
+        await self._add_view(MessageView("user", text))
+        self.turns.append({"role": "user", "content": text})
+        self._store_message(StoredMessage("user", text))
+        self._start_generation()
+        return True
+
+    async def _add_view(self, view: MessageView) -> None:
+        transcript = self.query_one("#transcript", VerticalScroll)
+        for welcome in self.query("#welcome"):
+            await welcome.remove()
+        await transcript.mount(view)
+        transcript.anchor()
+
+    def _messages(self) -> list[dict[str, str]]:
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt.strip() else []
+        return system + [dict(t) for t in self.turns]
+
+    # --- generation -------------------------------------------------------------------------------
+
+    def _start_generation(self) -> None:
+        if self.job is not None and not self.job.done:
+            # The previous (stopped) worker is still finishing its last step: start when it ends.
+            self._pending = ("generate", None)
+            return
+        app = self.chat_app
+        self._job_seq += 1
+        view = MessageView("assistant", model=app.loaded.name if app.loaded else "", colour=app.colour_tokens)
+        job = Job(self._job_seq, view, Gauges(medusa=app.medusa, baseline_tps=app.baseline_tps))
+        self.job = job
+        self.call_next(self._begin_stream, job)
+
+    async def _begin_stream(self, job: Job) -> None:
+        assert job.view is not None
+        await self._add_view(job.view)
+        job.view.start_stream()
+        self.refresh_status()
+        self._generate(job, self._messages(), self.chat_app.generation_kwargs(medusa=job.gauges.medusa))
+
+    @work(thread=True, exclusive=False, group="generate", exit_on_error=False)
+    def _generate(self, job: Job, messages: list[dict[str, str]], kwargs: dict[str, Any]) -> None:
+        loaded = self.chat_app.loaded
+        try:
+            assert loaded is not None
+            ids = loaded.chat_ids(messages)
+            config = generation_config(loaded, **kwargs)
+            batch: list[StepEvent] = []
+            segments: list[tuple[str, bool]] = []
+            last_post = 0.0
+            for item in loaded.generator.stream(ids, config, job.cancel):
+                if isinstance(item, StepEvent):
+                    batch.append(item)
+                    segments.extend(token_segments(loaded, item))
+                    now = time.monotonic()
+                    if now - last_post >= POST_INTERVAL:
+                        self.post_message(Streamed(job.id, batch, segments))
+                        batch, segments, last_post = [], [], now
+                else:
+                    if batch:
+                        self.post_message(Streamed(job.id, batch, segments))
+                        batch, segments = [], []
+                    self.post_message(Finished(job.id, item))
+        except Exception as exc:
+            self.post_message(Failed(job.id, exc))
+
+    @on(Streamed)
+    async def on_streamed(self, message: Streamed) -> None:
+        job = self.job
+        if job is None or job.id != message.job_id or job.stopped or job.view is None:
+            return
+        for event in message.events:
+            job.gauges.add(event)
+        await job.view.append("".join(e.text for e in message.events), message.segments)
+        self.query_one(GaugeBar).show(job.gauges, job.gauges.medusa, job.gauges.baseline_tps)
+
+    @on(Finished)
+    async def on_finished(self, message: Finished) -> None:
+        job = self.job
+        if job is None or job.id != message.job_id:
+            return
+        stats = message.stats
+        job.done = True
+        if job.stopped:
+            await self._after_job()
+            return
+        job.gauges.finish(stats)
+        app = self.chat_app
+        if not stats.medusa and stats.new_tokens >= BASELINE_MIN_TOKENS and stats.tokens_per_s > 0:
+            app.baseline_tps = stats.tokens_per_s  # measured plain speed, refreshed
+            job.gauges.baseline_tps = stats.tokens_per_s
+        assert job.view is not None
+        if stats.text and not job.view.content:
+            await job.view.append(stats.text, [(stats.text, False)])
+        self._finish_answer(job, stopped=stats.stop_reason == "cancelled")
+        await job.view.finish(stopped=job.view.stopped, stats=job.gauges.as_dict())
+        if stats.stop_reason == "context":
+            app.notify("The answer reached the model's context length.", severity="warning")
+        await self._after_job()
+
+    @on(Failed)
+    async def on_failed(self, message: Failed) -> None:
+        job = self.job
+        if job is None or job.id != message.job_id:
+            return
+        job.done = True
+        error = message.error
+        if is_context_error(error):
+            text = "The conversation no longer fits the model's context: start a new chat (ctrl+n)."
+        else:
+            text = f"Generation failed: {type(error).__name__}: {error}"
+        self.chat_app.notify(text, title="Generation error", severity="error", timeout=10)
+        if not job.stopped and job.view is not None:
+            if job.view.content:
+                self._finish_answer(job, stopped=True)
+                await job.view.finish(stopped=True, stats=job.gauges.as_dict())
+            else:
+                await job.view.remove()
+                # Keep the prompt for another try: drop the unanswered user turn.
+                if self.turns and self.turns[-1]["role"] == "user":
+                    self.query_one(PromptInput).load_text(self.turns[-1]["content"])
+        await self._after_job()
+
+    def _finish_answer(self, job: Job, *, stopped: bool) -> None:
+        """Record the answer in the turns and the store (once)."""
+        assert job.view is not None
+        job.view.stopped = stopped
+        self.turns.append({"role": "assistant", "content": job.view.content})
+        self.last_gauges = job.gauges
+        stored = StoredMessage(
+            "assistant",
+            job.view.content,
+            model=job.view.model,
+            settings=self.chat_app.generation_kwargs(medusa=job.gauges.medusa),
+            stats=job.gauges.as_dict(),
+            stopped=stopped,
+        )
+        self._store_message(stored)
+        job.view.stored_id = stored.id
+
+    async def _after_job(self) -> None:
+        self.refresh_status()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            kind, arg = pending
+            if kind == "generate":
+                self._start_generation()
+            elif kind == "compare":
+                self._run_compare(arg)
+
+    async def action_stop(self) -> None:
+        """Esc: stop at once; the partial answer is kept, marked stopped, and stored."""
+        if self.compare_running:
+            if self.job is not None:
+                self.job.cancel.set()
+            return
+        job = self.job
+        if job is None or job.stopped or job.done:
+            return
+        job.cancel.set()
+        job.stopped = True
+        self._finish_answer(job, stopped=True)
+        assert job.view is not None
+        await job.view.finish(stopped=True, stats=job.gauges.as_dict())
+        self.refresh_status()
+        self.query_one(PromptInput).focus()
+
+    # --- storage ----------------------------------------------------------------------------------
+
+    def _store_message(self, message: StoredMessage) -> None:
+        store = self.chat_app.store
+        if store is None:
+            return
+        try:
+            if self.conversation_id is None:
+                self.conversation_id = store.create_conversation(
+                    system_prompt=self.system_prompt, model=self.chat_app.loaded.name if self.chat_app.loaded else ""
+                )
+            store.add_message(self.conversation_id, message)
+        except Exception as exc:  # the chat goes on; the user is told history is not being saved
+            self.chat_app.notify(f"Could not save to history: {exc}", severity="error")
+
+    # --- actions ----------------------------------------------------------------------------------
+
+    async def action_new_chat(self) -> None:
+        if self.generating:
+            await self.action_stop()
+        await self.load_conversation(None)
+        self.chat_app.notify("New chat")
+
+    async def load_conversation(self, conversation_id: int | None) -> None:
+        """Show a stored conversation (None: an empty new chat)."""
+        transcript = self.query_one("#transcript", VerticalScroll)
+        await transcript.remove_children()
+        self.turns = []
+        self.conversation_id = None
+        self.last_gauges = None
+        self.system_prompt = self.chat_app.settings.system_prompt
+        store = self.chat_app.store
+        if conversation_id is not None and store is not None:
+            conversation = store.get(conversation_id)
+            if conversation is not None:
+                self.conversation_id = conversation.id
+                self.system_prompt = conversation.system_prompt
+                views = []
+                for m in conversation.messages:
+                    if m.role == "system":
+                        continue
+                    self.turns.append({"role": m.role, "content": m.content})
+                    views.append(
+                        MessageView(
+                            m.role,
+                            m.content,
+                            model=m.model,
+                            stats=m.stats,
+                            stopped=m.stopped,
+                            colour=self.chat_app.colour_tokens,
+                            stored_id=m.id,
+                        )
+                    )
+                    if m.role == "assistant" and m.stats:
+                        self.last_gauges = Gauges.from_dict(m.stats)
+                await transcript.mount_all(views)
+                transcript.anchor()
+        self.refresh_status()
+
+    async def action_regenerate(self) -> None:
+        if self.busy:
+            self.chat_app.notify("Still generating: press Esc first.", severity="warning")
+            return
+        if self.chat_app.loaded is None:
+            self.chat_app.notify("No model loaded.", severity="warning")
+            return
+        views = list(self.query(MessageView))
+        if not views or views[-1].role != "assistant":
+            self.chat_app.notify("Nothing to regenerate yet.", severity="warning")
+            return
+        last = views[-1]
+        if self.conversation_id is not None and last.stored_id is not None and self.chat_app.store is not None:
+            self.chat_app.store.delete_messages_from(self.conversation_id, last.stored_id)
+        await last.remove()
+        if self.turns and self.turns[-1]["role"] == "assistant":
+            self.turns.pop()
+        self._start_generation()
+
+    def last_answer(self) -> MessageView | None:
+        answers = [v for v in self.query(MessageView) if v.role == "assistant" and v.content]
+        return answers[-1] if answers else None
+
+    def action_copy_answer(self) -> None:
+        view = self.last_answer()
+        if view is None:
+            self.chat_app.notify("No answer to copy yet.", severity="warning")
+            return
+        self.chat_app.copy_to_clipboard(view.content)
+        self.chat_app.notify("Copied the last answer to the clipboard (OSC 52).")
+
+    def action_copy_code(self) -> None:
+        for view in reversed([v for v in self.query(MessageView) if v.role == "assistant"]):
+            blocks = code_blocks(view.content)
+            if blocks:
+                self.chat_app.copy_to_clipboard(blocks[-1])
+                lines = blocks[-1].count("\n") + 1
+                self.chat_app.notify(f"Copied a code block ({lines} lines) to the clipboard.")
+                return
+        self.chat_app.notify("No code block in the answers.", severity="warning")
+
+    def action_export(self) -> None:
+        self.chat_app.action_export()
+
+    def action_colour(self) -> None:
+        app = self.chat_app
+        app.colour_tokens = not app.colour_tokens
+        for view in self.query(MessageView):
+            view.set_colour(app.colour_tokens)
+        app.notify(
+            "Colouring tokens: head-accepted tokens highlighted" if app.colour_tokens else "Token colouring off"
+        )
+
+    # --- compare mode -----------------------------------------------------------------------------
+
+    def action_compare(self) -> None:
+        app = self.chat_app
+        if app.loaded is None:
+            app.notify("No model loaded.", severity="warning")
+            return
+        if self.busy:
+            app.notify("Still generating: press Esc first.", severity="warning")
+            return
+        if not any(t["role"] == "user" for t in self.turns):
+            app.notify("Send a prompt first: compare re-runs the last prompt.", severity="warning")
+            return
+        last_user = max(i for i, t in enumerate(self.turns) if t["role"] == "user")
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt.strip() else []
+        messages = system + [dict(t) for t in self.turns[: last_user + 1]]
+        self._run_compare(messages)
+
+    def _run_compare(self, messages: list[dict[str, str]]) -> None:
+        app = self.chat_app
+        self._job_seq += 1
+        self.job = Job(self._job_seq, None, Gauges(medusa=True, baseline_tps=app.baseline_tps))
+        self.compare_running = True
+        self.query_one("#status", Static).update("Comparing: plain decoding (Medusa off)… Esc cancels")
+        self._compare(self.job, messages, app.generation_kwargs(medusa=False))
+
+    @work(thread=True, group="generate", exit_on_error=False)
+    def _compare(self, job: Job, messages: list[dict[str, str]], kwargs: dict[str, Any]) -> None:
+        loaded = self.chat_app.loaded
+        try:
+            assert loaded is not None
+            ids = loaded.chat_ids(messages)
+            plain = loaded.generator.generate(ids, generation_config(loaded, **kwargs), job.cancel)
+            self.post_message(CompareProgress(job.id, "Comparing: Medusa decoding (Medusa on)… Esc cancels"))
+            medusa = loaded.generator.generate(ids, generation_config(loaded, **{**kwargs, "medusa": True}), job.cancel)
+            if job.cancel.is_set():
+                self.post_message(CompareDone(job.id, None))
+                return
+            prompt = messages[-1]["content"]
+            self.post_message(CompareDone(job.id, CompareResult(prompt, plain, medusa, None)))
+        except Exception as exc:
+            self.post_message(CompareDone(job.id, None, exc))
+
+    @on(CompareProgress)
+    def on_compare_progress(self, message: CompareProgress) -> None:
+        if self.job is not None and self.job.id == message.job_id:
+            self.query_one("#status", Static).update(message.text)
+
+    @on(CompareDone)
+    async def on_compare_done(self, message: CompareDone) -> None:
+        if self.job is None or self.job.id != message.job_id:
+            return
+        self.job.done = True
+        self.compare_running = False
+        app = self.chat_app
+        if message.error is not None:
+            app.notify(f"Compare failed: {message.error}", severity="error")
+        elif message.result is None:
+            app.notify("Compare cancelled.")
+        else:
+            result = message.result
+            if result.plain.new_tokens >= BASELINE_MIN_TOKENS and result.plain.tokens_per_s > 0:
+                app.baseline_tps = result.plain.tokens_per_s
+            result.baseline_tps = app.baseline_tps
+            from .compare import CompareScreen
+
+            app.push_screen(CompareScreen(result))
+        await self._after_job()

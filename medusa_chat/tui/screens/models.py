@@ -1,0 +1,344 @@
+"""Model picker: the catalogue with cache state, size, memory estimates; download with progress; load.
+
+The catalogue scan and every download run in thread workers; the screen never blocks.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widgets import Button, DataTable, Footer, ProgressBar, Select, Static
+
+from ..engine import LoadRequest
+
+if TYPE_CHECKING:
+    from ..app import MedusaChatApp
+
+PRECISIONS: list[tuple[str, str, float]] = [
+    # (label, value, bytes per parameter)
+    ("auto", "auto", 0.0),
+    ("4-bit", "4bit", 0.5),
+    ("8-bit", "8bit", 1.0),
+    ("fp16", "fp16", 2.0),
+    ("fp32", "fp32", 4.0),
+]
+OVERHEAD = 1.2  # activations, KV cache and heads on top of the weights
+
+
+def human_bytes(n: float) -> str:
+    if n <= 0:
+        return "–"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def human_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def machine_memory() -> int:
+    """Physical memory of this machine in bytes (0 if unknown)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def estimate(params: int, bytes_per_param: float) -> int:
+    """Memory to run a model: weights at the precision plus an overhead."""
+    try:
+        from ... import memory  # type: ignore[attr-defined]
+
+        fn = getattr(memory, "estimate_bytes", None)
+        if fn is not None:
+            return int(fn(params, bytes_per_param))
+    except Exception:
+        pass
+    return int(params * bytes_per_param * OVERHEAD)
+
+
+def request_for(name: str, precision: str) -> LoadRequest:
+    if precision in ("4bit", "8bit"):
+        return LoadRequest(model=name, quant=precision)
+    if precision in ("fp16", "fp32"):
+        return LoadRequest(model=name, dtype={"fp16": "float16", "fp32": "float32"}[precision])
+    return LoadRequest(model=name)
+
+
+@dataclass
+class Row:
+    name: str
+    label: str
+    state: str
+    size: int
+    params: int
+    spec: Any
+    note: str = ""
+
+
+class CatalogScanned(Message):
+    def __init__(self, rows: list[Row], error: str | None) -> None:
+        super().__init__()
+        self.rows = rows
+        self.error = error
+
+
+class DownloadProgressed(Message):
+    def __init__(self, name: str, progress: Any) -> None:
+        super().__init__()
+        self.name = name
+        self.progress = progress
+
+
+class DownloadEnded(Message):
+    def __init__(self, name: str, error: BaseException | None, cancelled: bool) -> None:
+        super().__init__()
+        self.name = name
+        self.error = error
+        self.cancelled = cancelled
+
+
+def scan_catalog() -> list[Row]:
+    from ... import catalog
+
+    specs = catalog.catalog()
+    try:
+        from ... import hub
+    except Exception:
+        hub = None
+    rows = []
+    for spec in specs.values():
+        state, size = "unknown", int(getattr(spec, "download_size", 0) or 0)
+        if hub is not None:
+            try:
+                cached = hub.cached_state(spec)
+                if spec.head_format == "gguf-package":
+                    state = "packaged" if cached.complete else "not installed"
+                    size = cached.size_on_disk or size
+                elif cached.complete:
+                    state = "cached"
+                    size = cached.size_on_disk or size
+                elif cached.size_on_disk:
+                    state = "partial"
+                else:
+                    state = "not downloaded"
+            except Exception as exc:
+                state = f"error: {exc}"
+        rows.append(Row(spec.name, spec.label, state, size, int(getattr(spec, "params", 0) or 0), spec,
+                        getattr(spec, "note", "")))
+    return rows
+
+
+class ModelsScreen(ModalScreen[LoadRequest | None]):
+    """Dismisses with a LoadRequest for the chosen model and precision, or None."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "close", "Close", id="models.close"),
+        Binding("enter", "load", "Load", id="models.load", priority=True),
+        Binding("d", "download", "Download", id="models.download"),
+        Binding("c", "cancel_download", "Cancel download", id="models.cancel_download"),
+    ]
+
+    def __init__(self, current: str | None = None) -> None:
+        super().__init__(id="models")
+        self.current = current
+        self.rows: dict[str, Row] = {}
+        self.downloading: str | None = None
+        self.cancel = threading.Event()
+        self.memory = machine_memory()
+
+    @property
+    def chat_app(self) -> MedusaChatApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="models-dialog"):
+            yield Static("Models", id="models-title")
+            yield DataTable(id="models-table", cursor_type="row", zebra_stripes=True)
+            yield Static("", id="model-detail")
+            with Vertical(id="download-panel"):
+                yield Static("", id="download-label")
+                yield ProgressBar(id="download-bar", show_eta=False)
+            yield Static("Scanning the catalogue…", id="models-message")
+            with Horizontal(id="models-actions"):
+                yield Select([(label, value) for label, value, _ in PRECISIONS], value="auto", allow_blank=False,
+                             id="precision")
+                yield Button("Load", id="load", variant="primary")
+                yield Button("Download", id="download")
+                yield Button("Cancel download", id="cancel-download", disabled=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_column("model", key="model")
+        table.add_column("state", key="state")
+        table.add_column("size", key="size")
+        for label, _, _ in PRECISIONS[1:]:
+            table.add_column(label, key=label)
+        self._scan()
+        table.focus()
+
+    @work(thread=True, group="catalog", exclusive=True, exit_on_error=False)
+    def _scan(self) -> None:
+        try:
+            self.post_message(CatalogScanned(scan_catalog(), None))
+        except Exception as exc:
+            self.post_message(CatalogScanned([], f"Catalogue unavailable: {exc}"))
+
+    def _memory_cell(self, params: int, bytes_per_param: float) -> str:
+        if not params:
+            return "–"
+        need = estimate(params, bytes_per_param)
+        fits = "" if not self.memory else (" ✓" if need <= self.memory else " ✗")
+        return human_bytes(need) + fits
+
+    @on(CatalogScanned)
+    def _scanned(self, message: CatalogScanned) -> None:
+        table = self.query_one(DataTable)
+        table.clear()
+        self.rows = {r.name: r for r in message.rows}
+        for row in message.rows:
+            state = "downloading" if row.name == self.downloading else row.state
+            label = row.name + (" (loaded)" if row.name == self.current else "")
+            cells = [label, state, human_bytes(row.size)]
+            cells += [self._memory_cell(row.params, b) for _, _, b in PRECISIONS[1:]]
+            table.add_row(*cells, key=row.name)
+        memory = f"this machine: {human_bytes(self.memory)} RAM" if self.memory else ""
+        text = message.error or (
+            f"{len(message.rows)} models · memory per precision (✓ fits, ✗ does not; {memory}) · "
+            "Enter loads · d downloads · c cancels"
+        )
+        msg = self.query_one("#models-message", Static)
+        msg.update(text)
+        msg.set_class(message.error is not None, "-error")
+        self._show_detail()
+
+    def selected(self) -> Row | None:
+        table = self.query_one(DataTable)
+        if table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self.rows.get(str(key))
+
+    @on(DataTable.RowHighlighted)
+    def _show_detail(self) -> None:
+        row = self.selected()
+        self.query_one("#model-detail", Static).update(f"{row.label}\n{row.note}".strip() if row else "")
+
+    @on(DataTable.RowSelected)
+    def _row_selected(self) -> None:
+        self.action_load()
+
+    @on(Button.Pressed, "#load")
+    def _load_pressed(self) -> None:
+        self.action_load()
+
+    @on(Button.Pressed, "#download")
+    def _download_pressed(self) -> None:
+        self.action_download()
+
+    @on(Button.Pressed, "#cancel-download")
+    def _cancel_pressed(self) -> None:
+        self.action_cancel_download()
+
+    def action_load(self) -> None:
+        row = self.selected()
+        if row is None:
+            return
+        if row.state in ("not downloaded", "partial"):
+            self._message(f"{row.name} is not downloaded yet: press d to download it first.", error=True)
+            return
+        if row.state == "not installed":
+            self._message(f"{row.name} ships in a Python package that is not installed: {row.note}", error=True)
+            return
+        precision = str(self.query_one("#precision", Select).value)
+        self.dismiss(request_for(row.name, precision))
+
+    def action_close(self) -> None:
+        if self.downloading:
+            self.cancel.set()
+        self.dismiss(None)
+
+    def _message(self, text: str, *, error: bool = False) -> None:
+        msg = self.query_one("#models-message", Static)
+        msg.update(text)
+        msg.set_class(error, "-error")
+
+    def action_download(self) -> None:
+        row = self.selected()
+        if row is None:
+            return
+        if self.downloading:
+            self._message(f"Already downloading {self.downloading}.", error=True)
+            return
+        if row.state in ("cached", "packaged"):
+            self._message(f"{row.name} is already available.")
+            return
+        self.downloading = row.name
+        self.cancel = threading.Event()
+        self.query_one("#download-panel").add_class("-active")
+        self.query_one("#download-label", Static).update(f"Downloading {row.name}: connecting…")
+        self.query_one("#download-bar", ProgressBar).update(total=None, progress=0)
+        self.query_one("#cancel-download", Button).disabled = False
+        self._download(row.name, row.spec, self.cancel)
+
+    def action_cancel_download(self) -> None:
+        if self.downloading:
+            self.cancel.set()
+            self.query_one("#download-label", Static).update(f"Cancelling {self.downloading}…")
+
+    @work(thread=True, group="download", exit_on_error=False)
+    def _download(self, name: str, spec: Any, cancel: threading.Event) -> None:
+        try:
+            from ... import hub
+
+            hub.download(spec, progress=lambda p: self.post_message(DownloadProgressed(name, p)), cancel=cancel)
+            self.post_message(DownloadEnded(name, None, False))
+        except Exception as exc:
+            cancelled = type(exc).__name__ == "DownloadCancelled" or cancel.is_set()
+            self.post_message(DownloadEnded(name, exc, cancelled))
+
+    @on(DownloadProgressed)
+    def _progressed(self, message: DownloadProgressed) -> None:
+        p = message.progress
+        total = getattr(p, "total", 0) or None
+        done = getattr(p, "downloaded", 0)
+        self.query_one("#download-bar", ProgressBar).update(total=total, progress=done)
+        rate = getattr(p, "rate", 0.0)
+        self.query_one("#download-label", Static).update(
+            f"{message.name}: {human_bytes(done)} / {human_bytes(total or 0)} · {human_bytes(rate)}/s · "
+            f"ETA {human_eta(getattr(p, 'eta', None))} · {getattr(p, 'filename', '')}"
+        )
+
+    @on(DownloadEnded)
+    def _ended(self, message: DownloadEnded) -> None:
+        from ..app import describe_error
+
+        self.downloading = None
+        self.query_one("#cancel-download", Button).disabled = True
+        if message.cancelled:
+            self.query_one("#download-label", Static).update(f"{message.name}: cancelled (partial files kept)")
+            self._message("Download cancelled; downloading again resumes.")
+        elif message.error is not None:
+            self.query_one("#download-panel").remove_class("-active")
+            self._message(f"Download of {message.name} failed: {describe_error(message.error)}", error=True)
+        else:
+            self.query_one("#download-label", Static).update(f"{message.name}: downloaded")
+            self._message(f"{message.name} is ready: press Enter to load it.")
+        self._scan()

@@ -1,0 +1,120 @@
+"""Settings form: generation parameters, tree, typical-acceptance thresholds, system prompt, theme.
+
+Values are validated by ``medusa_chat.settings``; invalid ones are shown next to their field and
+nothing is saved until all are valid.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Footer, Input, Label, Select, Static, TextArea
+
+from ...settings import Settings, SettingsError, parse_form, tree_choices
+
+if TYPE_CHECKING:
+    from ..app import MedusaChatApp
+
+NUMBER_FIELDS: list[tuple[str, str, str]] = [
+    ("temperature", "Temperature", "0 = greedy (lossless Medusa); up to 2"),
+    ("top_p", "Top-p", "nucleus sampling, in (0, 1]"),
+    ("max_new_tokens", "Max new tokens", "1 – 32768"),
+    ("posterior_threshold", "Typical acceptance: threshold ε", "0 – 1 (sampling only)"),
+    ("posterior_alpha", "Typical acceptance: alpha δ", "0 – 1 (sampling only)"),
+]
+
+
+class SettingsScreen(ModalScreen[Settings | None]):
+    """Dismisses with the new (validated, saved) Settings, or None when cancelled."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel", id="settings.cancel"),
+        Binding("ctrl+s", "save", "Save", priority=True, id="settings.save"),
+    ]
+
+    def __init__(self, settings: Settings, themes: list[str]) -> None:
+        super().__init__(id="settings")
+        self.settings = settings
+        self.themes = themes
+
+    def compose(self) -> ComposeResult:
+        s = self.settings
+        with Vertical(id="settings-dialog"):
+            yield Static("Settings", id="settings-title")
+            with VerticalScroll(id="settings-form"):
+                for name, label, hint in NUMBER_FIELDS:
+                    with Horizontal(classes="field"):
+                        yield Label(label, classes="field-label")
+                        yield Input(str(getattr(s, name)), id=f"field-{name}", classes="field-input")
+                        yield Static(hint, classes="field-hint")
+                    yield Static("", id=f"error-{name}", classes="field-error")
+                trees = tree_choices()
+                if s.tree not in trees:
+                    trees.append(s.tree)
+                with Horizontal(classes="field"):
+                    yield Label("Tree", classes="field-label")
+                    yield Select([(t, t) for t in trees], value=s.tree, allow_blank=False, id="field-tree")
+                    yield Static("auto = the model's default", classes="field-hint")
+                yield Static("", id="error-tree", classes="field-error")
+                themes = list(self.themes)
+                if s.theme not in themes:
+                    themes.append(s.theme)
+                with Horizontal(classes="field"):
+                    yield Label("Theme", classes="field-label")
+                    yield Select([(t, t) for t in themes], value=s.theme, allow_blank=False, id="field-theme")
+                yield Static("", id="error-theme", classes="field-error")
+                yield Label("System prompt (applies to this and new chats)", classes="field-label")
+                yield TextArea(s.system_prompt, id="field-system_prompt", soft_wrap=True, show_line_numbers=False)
+                yield Static("", id="error-system_prompt", classes="field-error")
+            yield Static("", id="settings-message")
+            with Horizontal(id="settings-buttons"):
+                yield Button("Save", id="save", variant="primary")
+                yield Button("Cancel", id="cancel")
+        yield Footer()
+
+    def form_values(self) -> dict[str, object]:
+        values: dict[str, object] = {
+            name: self.query_one(f"#field-{name}", Input).value for name, _, _ in NUMBER_FIELDS
+        }
+        values["tree"] = self.query_one("#field-tree", Select).value
+        values["theme"] = self.query_one("#field-theme", Select).value
+        values["system_prompt"] = self.query_one("#field-system_prompt", TextArea).text
+        return values
+
+    def action_save(self) -> None:
+        for error in self.query(".field-error"):
+            error.update("")  # type: ignore[attr-defined]
+        try:
+            new = parse_form(self.settings, self.form_values())
+        except SettingsError as exc:
+            for name, text in exc.errors.items():
+                self.query_one(f"#error-{name}", Static).update(f"✗ {text}")
+                for widget in self.query(f"#field-{name}"):
+                    widget.add_class("-invalid")
+            self.query_one("#settings-message", Static).update(
+                f"Not saved: {len(exc.errors)} invalid value{'s' if len(exc.errors) > 1 else ''}."
+            )
+            return
+        app: MedusaChatApp = self.app  # type: ignore[assignment]
+        app.apply_settings(new)
+        self.dismiss(new)
+
+    @on(Input.Changed)
+    def _clear_invalid(self, event: Input.Changed) -> None:
+        event.input.remove_class("-invalid")
+
+    @on(Button.Pressed, "#save")
+    def _save(self) -> None:
+        self.action_save()
+
+    @on(Button.Pressed, "#cancel")
+    def _cancel(self) -> None:
+        self.dismiss(None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,68 @@
+"""The gauge bar: accepted tokens per step (current, mean, sparkline), tokens/s and measured speedup."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Sparkline, Static
+
+from ..engine import Gauges
+
+SPEEDUP_HELP = (
+    "Speedup is measured, not assumed: tokens/s of this answer divided by the plain-decoding tokens/s "
+    "of the same model on this machine. The plain speed comes from a short calibration run when the "
+    "model loads, and is refreshed every time you generate with Medusa off (ctrl+t)."
+)
+ACCEPT_HELP = (
+    "Accepted tokens per step: how many tokens one forward pass produced (1 = plain decoding). "
+    "Shown for the latest step, as the mean over the answer, and as a sparkline of recent steps."
+)
+
+
+def speedup_text(gauges: Gauges) -> str:
+    speedup = gauges.speedup
+    if speedup is None:
+        return "speedup –"
+    return f"speedup {speedup:.2f}×"
+
+
+class GaugeBar(Horizontal):
+    """Live while streaming; shows the last finished answer's figures when idle."""
+
+    DEFAULT_CSS = """
+    GaugeBar { height: 1; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="gauge-mode")
+        yield Static("", id="gauge-accepted")
+        yield Sparkline([], id="gauge-spark")
+        yield Static("", id="gauge-tps")
+        yield Static("", id="gauge-speedup")
+
+    def on_mount(self) -> None:
+        self.query_one("#gauge-accepted").tooltip = ACCEPT_HELP
+        self.query_one("#gauge-spark").tooltip = ACCEPT_HELP
+        self.query_one("#gauge-speedup").tooltip = SPEEDUP_HELP
+        self.query_one("#gauge-tps").tooltip = "Decoding speed of the answer, prefill excluded."
+
+    def show(self, gauges: Gauges | None, medusa: bool, baseline: float | None) -> None:
+        mode = self.query_one("#gauge-mode", Static)
+        mode.update("Medusa ON" if medusa else "Medusa OFF")
+        mode.set_class(medusa, "-on")
+        mode.set_class(not medusa, "-off")
+        accepted = self.query_one("#gauge-accepted", Static)
+        spark = self.query_one("#gauge-spark", Sparkline)
+        tps = self.query_one("#gauge-tps", Static)
+        speedup = self.query_one("#gauge-speedup", Static)
+        base = f" (plain {baseline:.1f} tok/s)" if baseline else " (plain: measuring…)"
+        if gauges is None or gauges.steps == 0:
+            accepted.update("accepted/step –")
+            spark.data = []
+            tps.update("– tok/s")
+            speedup.update("speedup –" + base)
+            return
+        accepted.update(f"accepted/step {gauges.current} · mean {gauges.mean_accepted:.2f}")
+        spark.data = [float(v) for v in gauges.recent]
+        tps.update(f"{gauges.tokens_per_s:.1f} tok/s")
+        speedup.update(speedup_text(gauges) + base)
