@@ -52,21 +52,21 @@ class MedusaHeads(nn.ModuleList):
     def num_heads(self) -> int:
         return len(self)
 
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """Each head's residual blocks applied to ``x`` [..., H] -> [K, ..., H] (no projection)."""
-        blocks = [head[: self.num_layers] for head in self]
-        return torch.stack([b(x) for b in blocks])
+    def hidden(self, x: torch.Tensor, count: int | None = None) -> torch.Tensor:
+        """The first ``count`` heads' residual blocks applied to ``x`` [..., H] -> [count, ..., H]."""
+        return torch.stack([head[: self.num_layers](x) for head in list(self)[:count]])
 
-    def forward(self, x: torch.Tensor, lm_head: nn.Module | None = None) -> torch.Tensor:
-        """Head logits for hidden states ``x`` [..., H] -> [K, ..., V].
+    def forward(self, x: torch.Tensor, lm_head: nn.Module | None = None, count: int | None = None) -> torch.Tensor:
+        """Logits of the first ``count`` heads (all by default) for hidden states ``x`` [..., H] -> [count, ..., V].
 
-        ``lm_head`` is the base model's output projection, required when the projection is shared.
+        ``lm_head`` is the base model's output projection, required when the projection is shared
+        (then all heads go through it in one batched matmul).
         """
         if self.shared_projection:
             if lm_head is None:
                 raise ValueError("these Medusa heads share the base lm_head: pass it as lm_head")
-            return lm_head(self.hidden(x))
-        return torch.stack([head(x) for head in self])
+            return lm_head(self.hidden(x, count))
+        return torch.stack([head(x) for head in list(self)[:count]])
 
     def init_projections_from(self, lm_head: nn.Module) -> None:
         """Copy the base ``lm_head`` into every per-head projection (the Medusa-1 initialisation)."""

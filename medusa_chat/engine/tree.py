@@ -28,7 +28,7 @@ class Tree:
     - ``parents[s]``: parent slot of slot s (-1 for the root).
     - ``depths[s]``: depth of slot s; position id offset of its token.
     - ``tree_indices[s]``: index of slot s's token in the flat candidate vector
-      ``[root, head0 top-k..., head1 top-k..., ...]``.
+      ``[root, head0 top-k..., head1 top-k..., ...]`` (``topk`` proposals per head).
     - ``ancestor_mask[s, t]``: True when slot s may attend to slot t (t is s or an ancestor).
     - ``retrieve_indices[p]``: slots of the root-to-leaf path p, padded with -1.
     """
@@ -107,7 +107,7 @@ def build_tree(
         tree_indices=torch.tensor(tree_indices, dtype=torch.long),
         ancestor_mask=ancestor_mask,
         retrieve_indices=retrieve,
-        topk=max((max(p) for p in paths), default=-1) + 1,
+        topk=topk,
     )
 
 

@@ -1,0 +1,317 @@
+"""Medusa and plain decoding over a transformers causal LM, one step at a time.
+
+One Medusa step (see the spec, section 4):
+
+1. the heads read the hidden state of the newest cached token and propose top-k tokens each;
+2. the tree's slots are filled with those proposals, the root being the base model's own
+   next token (chosen from the carried logits);
+3. one forward pass of the base decoder over the tree, with a 4D additive mask (each node sees
+   the cache and its own ancestors) and depth-based position ids;
+4. acceptance picks the longest acceptable path; its tokens are emitted and its cache entries
+   kept, contiguous; the logits and hidden state at its last node seed the next step.
+
+Plain decoding is the same loop with a one-slot tree and no heads. Greedy Medusa output equals
+greedy plain output (up to floating-point ties, so tests of exactness run in fp32 or fp64).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import acceptance
+from .cache import cache_length, keep_path, new_cache, truncate
+from .events import GenerationStats, StepEvent
+from .heads import MedusaHeads
+from .presets import preset
+from .sampling import select
+from .text import TextStream
+from .tree import build_tree
+
+
+class ContextLengthError(ValueError):
+    """The prompt does not fit the model's context window."""
+
+
+@dataclass
+class GenerationConfig:
+    """How to generate. ``temperature == 0`` is greedy (and Medusa is then lossless)."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    medusa: bool = True
+    posterior_threshold: float = 0.09
+    posterior_alpha: float = 0.3
+    stop_strings: Sequence[str] = ()
+    seed: int | None = None
+
+
+@dataclass
+class _State:
+    """What one step hands the next: logits and hidden state after the newest cached token."""
+
+    logits: torch.Tensor
+    hidden: torch.Tensor
+    pending: list[int] = field(default_factory=list)  # emitted tokens not yet in the cache
+
+
+class Generator:
+    """Streams tokens from ``model`` (a transformers causal LM), with or without Medusa heads.
+
+    The generator keeps its KV cache between calls: a new prompt that extends an earlier one
+    (the next turn of a conversation) only prefills the tokens after their common prefix.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        heads: MedusaHeads | None = None,
+        tree: str | Sequence[Sequence[int]] | None = None,
+        max_context: int | None = None,
+        eos_ids: set[int] | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.heads = heads
+        self.device = next(model.parameters()).device
+        if heads is not None:
+            heads.to(device=self.device, dtype=_float_dtype(model)).eval()
+        self._decoder = model.get_decoder()
+        self._lm_head = model.get_output_embeddings()
+        self._softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.max_context = max_context or _context_window(model)
+        self.eos_ids = eos_ids if eos_ids is not None else _eos_ids(model, tokenizer)
+        self._cache = new_cache()
+        self._cached_ids: list[int] = []
+        self.tree_name = "none"
+        self.tree = build_tree([])
+        self._tree_block: torch.Tensor | None = None
+        if heads is not None:
+            self.set_tree(tree if tree is not None else "cpu_8")
+
+    @property
+    def has_heads(self) -> bool:
+        return self.heads is not None
+
+    @property
+    def cache(self):
+        """The KV cache (transformers ``DynamicCache``) holding :attr:`cached_ids`."""
+        return self._cache
+
+    @property
+    def cached_ids(self) -> list[int]:
+        """The token ids whose keys and values are in the cache."""
+        return list(self._cached_ids)
+
+    def set_tree(self, tree: str | Sequence[Sequence[int]]) -> None:
+        """Use a preset by name, or explicit choices; validated against the number of heads."""
+        choices = preset(tree) if isinstance(tree, str) else tree
+        built = build_tree(choices, num_heads=self.heads.num_heads if self.heads else 0)
+        self.tree = built.to(self.device)
+        self.tree_name = tree if isinstance(tree, str) else f"custom-{built.size}"
+        dtype = _float_dtype(self.model)
+        self._tree_block = torch.zeros(built.size, built.size, dtype=dtype, device=self.device).masked_fill(
+            ~self.tree.ancestor_mask, torch.finfo(dtype).min
+        )
+
+    def reset(self) -> None:
+        """Forget the cached conversation."""
+        self._cache = new_cache()
+        self._cached_ids = []
+
+    def generate(
+        self, input_ids: Sequence[int], config: GenerationConfig, cancel: threading.Event | None = None
+    ) -> GenerationStats:
+        """Run :meth:`stream` to the end and return its stats."""
+        for item in self.stream(input_ids, config, cancel):
+            if isinstance(item, GenerationStats):
+                return item
+        raise AssertionError("stream() ended without stats")
+
+    def stream(
+        self, input_ids: Sequence[int], config: GenerationConfig, cancel: threading.Event | None = None
+    ) -> Iterator[StepEvent | GenerationStats]:
+        """Yield a :class:`StepEvent` per decoding step, then the :class:`GenerationStats`."""
+        input_ids = list(input_ids)
+        if not input_ids:
+            raise ValueError("the prompt is empty")
+        if len(input_ids) >= self.max_context:
+            raise ContextLengthError(
+                f"the prompt has {len(input_ids)} tokens but this model's context holds {self.max_context}: "
+                "shorten the prompt or start a new conversation"
+            )
+        use_medusa = config.medusa and self.heads is not None and self.tree.size > 1
+        rng = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
+        text = TextStream(self.tokenizer, config.stop_strings)
+        new_ids: list[int] = []
+        steps = 0
+        decode_time = 0.0
+        stop_reason = "max_new_tokens"
+
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            reused, state = self._prefill(input_ids)
+            prefill_time = time.perf_counter() - t0
+            while len(new_ids) < config.max_new_tokens:
+                if cancel is not None and cancel.is_set():
+                    stop_reason = "cancelled"
+                    break
+                t0 = time.perf_counter()
+                room = self.max_context - cache_length(self._cache) - len(state.pending)
+                if use_medusa and room >= self.tree.size:
+                    tokens, from_heads, state = self._medusa_step(state, config, rng)
+                elif room >= 1:
+                    tokens, from_heads, state = self._plain_step(state, config, rng)
+                else:
+                    stop_reason = "context"
+                    break
+                tokens, stop = self._trim(tokens, config.max_new_tokens - len(new_ids))
+                from_heads = from_heads[: len(tokens)]
+                new_ids.extend(tokens)
+                delta = text.push(tokens)
+                step_time = time.perf_counter() - t0
+                decode_time += step_time
+                steps += 1
+                tree_size = self.tree.size if use_medusa else 1
+                yield StepEvent(tokens, delta, len(tokens), tree_size, step_time, from_heads)
+                if stop:
+                    stop_reason = "eos"
+                    break
+                if text.stopped:
+                    stop_reason = "stop_string"
+                    break
+        tail = text.flush()
+        if tail:
+            yield StepEvent([], tail, 0, 0, 0.0, [])
+        yield GenerationStats(
+            new_tokens=len(new_ids),
+            steps=steps,
+            prefill_time=prefill_time,
+            decode_time=decode_time,
+            prompt_tokens=len(input_ids),
+            reused_tokens=reused,
+            stop_reason=stop_reason,
+            medusa=use_medusa,
+            text=text.text,
+            token_ids=new_ids,
+        )
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _prefill(self, input_ids: list[int]) -> tuple[int, _State]:
+        """Bring the cache to ``input_ids``, reusing the longest common prefix; return (reused, state)."""
+        reused = min(_common_prefix(self._cached_ids, input_ids), len(input_ids) - 1)
+        truncate(self._cache, reused)
+        self._cached_ids = self._cached_ids[:reused]
+        hidden = self._forward(input_ids[reused:])
+        self._cached_ids.extend(input_ids[reused:])
+        return reused, _State(self._logits(hidden[-1]), hidden[-1])
+
+    def _flush(self, state: _State) -> _State:
+        """Feed the tokens emitted but not yet cached (a plain step defers its forward pass)."""
+        if not state.pending:
+            return state
+        hidden = self._forward(state.pending)
+        self._cached_ids.extend(state.pending)
+        return _State(self._logits(hidden[-1]), hidden[-1])
+
+    def _plain_step(self, state: _State, config: GenerationConfig, rng) -> tuple[list[int], list[bool], _State]:
+        """Pick the next token; its forward pass happens at the start of the next step (if any)."""
+        state = self._flush(state)
+        token = select(state.logits, config.temperature, config.top_p, rng)
+        return [token], [False], _State(state.logits, state.hidden, pending=[token])
+
+    def _medusa_step(self, state: _State, config: GenerationConfig, rng) -> tuple[list[int], list[bool], _State]:
+        state = self._flush(state)
+        tree = self.tree
+        root = select(state.logits, config.temperature, config.top_p, rng)
+        proposals = self.heads(state.hidden, self._lm_head, count=tree.depth).topk(tree.topk, dim=-1).indices
+        flat = torch.cat([torch.tensor([root], device=self.device), proposals.flatten()])
+        tokens = flat[tree.tree_indices]
+
+        start = cache_length(self._cache)
+        mask = torch.cat([self._tree_block.new_zeros(tree.size, start), self._tree_block], dim=-1)
+        hidden = self._forward(tokens, mask=mask[None, None], positions=start + tree.depths)
+        logits = self._logits(hidden)
+
+        if config.temperature > 0:
+            ok, scores = acceptance.typical_nodes(
+                tokens, logits, tree.parents, config.temperature, config.posterior_threshold, config.posterior_alpha
+            )
+            row, length = acceptance.best_path(ok, tree.retrieve_indices, scores)
+        else:
+            row, length = acceptance.best_path(
+                acceptance.greedy_nodes(tokens, logits, tree.parents), tree.retrieve_indices
+            )
+        slots = tree.retrieve_indices[row, : length + 1]
+        keep_path(self._cache, start, slots)
+        emitted = tokens[slots].tolist()
+        self._cached_ids.extend(emitted)
+        last = slots[-1]
+        return emitted, [False] + [True] * length, _State(logits[last], hidden[last])
+
+    def _forward(
+        self, tokens: Sequence[int] | torch.Tensor, mask: torch.Tensor | None = None, positions=None
+    ) -> torch.Tensor:
+        """Run the decoder on ``tokens`` over the cache; return their final hidden states [n, H]."""
+        ids = torch.as_tensor(tokens, device=self.device).view(1, -1)
+        out = self._decoder(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=None if positions is None else positions.view(1, -1),
+            past_key_values=self._cache,
+            use_cache=True,
+        )
+        return out.last_hidden_state[0]
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self._lm_head(hidden).float()
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
+    def _trim(self, tokens: list[int], budget: int) -> tuple[list[int], bool]:
+        """Cut at the first end-of-sequence token (excluded) and at the token budget."""
+        for i, token in enumerate(tokens[:budget]):
+            if token in self.eos_ids:
+                return tokens[:i], True
+        return tokens[:budget], False
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype activations run in (a quantised model's compute dtype, not its int storage)."""
+    for p in model.parameters():
+        if p.dtype.is_floating_point:
+            return p.dtype
+    return torch.float32
+
+
+def _context_window(model: nn.Module) -> int:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(getattr(config, "max_position_embeddings", None) or 2048)
+
+
+def _eos_ids(model: nn.Module, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if value is None:
+            continue
+        ids.update(value if isinstance(value, list | tuple | set) else [value])
+    return ids

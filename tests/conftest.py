@@ -1,0 +1,22 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("MEDUSA_TEST_THREADS", "1")))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path_factory, monkeypatch):
+    """Keep every test's config, data and cache out of the user's real directories."""
+    root = tmp_path_factory.mktemp("medusa-home")
+    for name in ("CONFIG", "DATA", "CACHE"):
+        monkeypatch.setenv(f"MEDUSA_CHAT_{name}_DIR", str(root / name.lower()))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A local tiny random Llama directory with a chat-template tokenizer and heads in ./medusa."""
+    from tests.tiny import write_tiny_model_dir
+
+    return write_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-llama")
