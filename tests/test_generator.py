@@ -90,7 +90,7 @@ def _span_step(steps):
 def test_eos_inside_an_accepted_span_ends_the_output_there(setups, arch):
     model, fitted, _, reference = setups[arch]
     steps, _ = run(model, fitted, PROMPT, eos=set(), max_new_tokens=48)
-    before, step = _span_step(steps)
+    _before, step = _span_step(steps)
     eos_token = step.token_ids[1]
     cut = reference.index(eos_token)
     _, stats = run(model, fitted, PROMPT, eos={eos_token}, max_new_tokens=48)
@@ -132,7 +132,8 @@ def test_next_turn_reuses_the_cached_prefix(setups):
     turn2 = PROMPT + first.token_ids + TOK(" and then?")["input_ids"]
     second = gen.generate(turn2, GenerationConfig(max_new_tokens=12))
     assert second.reused_tokens >= len(PROMPT) + len(first.token_ids) - 1
-    fresh = Generator(model, TOK, fitted, tree="cpu_8", eos_ids=set()).generate(turn2, GenerationConfig(max_new_tokens=12))
+    fresh_gen = Generator(model, TOK, fitted, tree="cpu_8", eos_ids=set())
+    fresh = fresh_gen.generate(turn2, GenerationConfig(max_new_tokens=12))
     assert second.token_ids == fresh.token_ids
     assert fresh.reused_tokens == 0
     edited = gen.generate(PROMPT[:2] + TOK(" lazy")["input_ids"], GenerationConfig(max_new_tokens=4))

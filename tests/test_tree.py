@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -78,7 +80,7 @@ def test_malformed_trees_are_named(choices, heads, message):
 
 
 def test_unknown_preset_lists_the_choices():
-    with pytest.raises(TreeError, match="unknown tree 'nope'.*mc_sim_7b_63"):
+    with pytest.raises(TreeError, match=r"unknown tree 'nope'.*mc_sim_7b_63"):
         preset("nope")
 
 
@@ -113,4 +115,4 @@ def test_random_trees_are_consistent(choices):
     for row in rows:
         chain = [s for s in row if s >= 0]
         assert chain[0] == 0
-        assert all(tree.parents[b] == a for a, b in zip(chain, chain[1:], strict=False))
+        assert all(tree.parents[b] == a for a, b in itertools.pairwise(chain))
