@@ -1,0 +1,152 @@
+"""The ``medusa-chat`` command line: the chat app by default, and scriptable subcommands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Local chat with Medusa decoding: faster generation with extra heads, no draft model.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Catalogue name, local HF directory or Hub repo id.")]
+HeadsOpt = Annotated[str | None, typer.Option("--heads", help="Medusa heads (directory or file) to use instead.")]
+TreeOpt = Annotated[str | None, typer.Option("--tree", help="Tree preset (e.g. cpu_8, mc_sim_7b_63, chain-4).")]
+DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto | fp32 | bf16 | fp16.")]
+QuantOpt = Annotated[str | None, typer.Option("--quant", help="none | 4bit | 8bit (bitsandbytes, CUDA only).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (1 on a busy machine).")]
+
+
+def fail(message: str) -> None:
+    """Print a one-line error and exit with status 1 (no traceback for expected failures)."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+def load_or_fail(model: str, **kwargs):
+    """``load_model`` with expected errors turned into clean messages; phases go to stderr."""
+    from .catalog import CatalogError
+    from .engine.heads_io import HeadsError
+    from .engine.tree import TreeError
+    from .loading import LoadError, load_model
+
+    try:
+        return load_model(model, progress=lambda msg: typer.echo(msg, err=True), **kwargs)
+    except (CatalogError, HeadsError, TreeError, LoadError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
+@app.callback(invoke_without_command=True)
+def main(
+    ctx: typer.Context,
+    model: ModelOpt = DEFAULT_MODEL,
+    quant: QuantOpt = None,
+    dtype: DtypeOpt = None,
+    theme: Annotated[str | None, typer.Option("--theme", help="Theme name for the app.")] = None,
+) -> None:
+    """Open the chat app (the default when no command is given)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .tui.app import run_app
+
+    run_app(model=model, quant=quant, theme=theme, dtype=dtype)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The user message (the chat template is applied).")],
+    model: ModelOpt = DEFAULT_MODEL,
+    heads: HeadsOpt = None,
+    no_medusa: Annotated[bool, typer.Option("--no-medusa", help="Plain decoding (no heads).")] = False,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 256,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0)] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
+    tree: TreeOpt = None,
+    dtype: DtypeOpt = None,
+    quant: QuantOpt = None,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
+    system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")] = False,
+) -> None:
+    """Answer one prompt, streaming the text (or one JSON object with --json)."""
+    from .engine.events import GenerationStats
+    from .engine.generator import ContextLengthError, GenerationConfig
+
+    loaded = load_or_fail(
+        model, heads=heads, tree=tree, dtype=dtype, quant=quant, device=device, threads=threads
+    )
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        medusa=not no_medusa,
+        stop_strings=loaded.stop_strings,
+        seed=seed,
+    )
+    if config.medusa and not loaded.generator.has_heads:
+        typer.echo(f"note: {loaded.name} has no Medusa heads; decoding plainly", err=True)
+    try:
+        stats = None
+        for item in loaded.generator.stream(loaded.chat_ids(messages), config):
+            if isinstance(item, GenerationStats):
+                stats = item
+            elif not as_json:
+                sys.stdout.write(item.text)
+                sys.stdout.flush()
+    except ContextLengthError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted")
+    assert stats is not None
+    if as_json:
+        typer.echo(json.dumps(generation_json(stats)))
+    else:
+        typer.echo()
+        typer.echo(
+            f"[{stats.new_tokens} tokens, {stats.steps} steps, {stats.mean_accepted:.2f} tokens/step, "
+            f"{stats.tokens_per_s:.1f} tokens/s, medusa {'on' if stats.medusa else 'off'}, "
+            f"tree {loaded.tree_name}, stop: {stats.stop_reason}]",
+            err=True,
+        )
+
+
+def generation_json(stats) -> dict:
+    """The ``generate --json`` object."""
+    return {
+        "text": stats.text,
+        "token_ids": stats.token_ids,
+        "new_tokens": stats.new_tokens,
+        "steps": stats.steps,
+        "mean_accepted": round(stats.mean_accepted, 4),
+        "tokens_per_s": round(stats.tokens_per_s, 3),
+        "medusa": stats.medusa,
+        "stop_reason": stats.stop_reason,
+        "prefill_s": round(stats.prefill_time, 4),
+    }
+
+
+@app.command()
+def trees() -> None:
+    """List the tree presets with their size and depth."""
+    from .engine.presets import PRESETS
+    from .engine.tree import build_tree
+
+    for name, choices in PRESETS.items():
+        tree = build_tree(choices)
+        typer.echo(f"{name:28s} {tree.size:3d} slots  depth {tree.depth}")
+
+
+if __name__ == "__main__":
+    app()
