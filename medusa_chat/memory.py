@@ -1,0 +1,70 @@
+"""Rough memory needs per precision, and the memory of the machine's GPU (or CPU RAM).
+
+Estimates are weights x bytes per parameter plus a margin for the KV cache, activations and the
+runtime (``OVERHEAD``): good enough to say whether a model will fit, not a promise.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+BYTES_PER_PARAM = {"fp16": 2.0, "8-bit": 1.0, "4-bit": 0.5}
+OVERHEAD = 1.2
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str  # "cuda" or "cpu"
+    name: str
+    total_bytes: int
+    available_bytes: int
+
+
+@dataclass(frozen=True)
+class Estimate:
+    precision: str
+    bytes: int
+    fits: bool
+
+
+def estimate_bytes(params: int, precision: str) -> int:
+    """Memory to run a model of ``params`` parameters at ``precision`` (fp16, 8-bit or 4-bit)."""
+    if precision not in BYTES_PER_PARAM:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(BYTES_PER_PARAM)}")
+    return int(params * BYTES_PER_PARAM[precision] * OVERHEAD)
+
+
+def estimates(params: int, device: Device) -> list[Estimate]:
+    """One estimate per precision, with whether it fits the device's available memory."""
+    out = []
+    for precision in BYTES_PER_PARAM:
+        need = estimate_bytes(params, precision)
+        out.append(Estimate(precision, need, need <= device.available_bytes))
+    return out
+
+
+def cpu_memory(meminfo: Path = Path("/proc/meminfo")) -> tuple[int, int]:
+    """(total, available) RAM in bytes, from ``/proc/meminfo`` where there is one."""
+    try:
+        fields = {
+            line.split(":")[0]: int(line.split()[1]) * 1024
+            for line in meminfo.read_text().splitlines()
+            if line.endswith("kB")
+        }
+        return fields["MemTotal"], fields.get("MemAvailable", fields.get("MemFree", 0))
+    except (OSError, KeyError, ValueError, IndexError):
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return total, total
+
+
+def detect_device() -> Device:
+    """The first CUDA GPU when torch sees one, else the CPU with its RAM."""
+    import torch
+
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info(0)
+        return Device("cuda", torch.cuda.get_device_name(0), total, free)
+    total, available = cpu_memory()
+    return Device("cpu", "CPU RAM", total, available)
