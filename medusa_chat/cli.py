@@ -8,12 +8,17 @@ from typing import Annotated
 
 import typer
 
+from .cli_models import export_cmd, models_app
+
 app = typer.Typer(
     help="Local chat with Medusa decoding: faster generation with extra heads, no draft model.",
     no_args_is_help=False,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+app.add_typer(models_app, name="models")
+app.command("export")(export_cmd)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
