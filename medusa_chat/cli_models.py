@@ -147,20 +147,23 @@ def download(name: NameArg) -> None:
         )
         typer.echo(line, nl=event.done, err=True)
 
+    finished = threading.Event()
+
     def work() -> None:
         try:
             outcome["path"] = fetch(spec, progress=show, cancel=cancel)
         except Exception as exc:  # handed to the main thread
             outcome["error"] = exc
+        finally:
+            finished.set()
 
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
-    try:
-        while worker.is_alive():
-            worker.join(0.2)
+    threading.Thread(target=work, daemon=True).start()
+    try:  # an Event, not Thread.join: an interrupted join can leave the thread looking finished
+        while not finished.wait(0.2):
+            pass
     except KeyboardInterrupt:
         cancel.set()
-        worker.join()
+        finished.wait()
     error = outcome.get("error")
     if isinstance(error, DownloadCancelled):
         typer.echo("", err=True)

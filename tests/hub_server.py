@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +39,7 @@ class FakeHub:
         self.ranges: list[tuple[str, str]] = []  # ("repo/path", Range header) for every ranged GET
         self.cuts: dict[str, int] = {}  # "repo/path" -> cut the next GET after this many body bytes
         self.requests: list[tuple[str, str]] = []
+        self.slow = 0.0  # seconds to sleep after each 64 kB of a body (to interrupt a transfer mid-way)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -177,9 +179,14 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if key in hub.cuts:
                 body = body[: hub.cuts.pop(key)]
                 self.close_connection = True
-            self.wfile.write(body)
-            self.wfile.flush()
-            hub.bytes_served[key] += len(body)
+            try:
+                for start in range(0, len(body), 1 << 16):
+                    self.wfile.write(body[start : start + (1 << 16)])
+                    self.wfile.flush()
+                    hub.bytes_served[key] += len(body[start : start + (1 << 16)])
+                    time.sleep(hub.slow)
+            except (BrokenPipeError, ConnectionResetError):  # the client went away
+                self.close_connection = True
 
     return Handler
 

@@ -142,3 +142,18 @@ def test_memory_estimates_and_device_detection(tmp_path):
     assert cpu_memory(meminfo) == (16384 * 1024, 8192 * 1024)
     device = detect_device()
     assert device.kind in ("cuda", "cpu") and 0 < device.available_bytes <= device.total_bytes
+
+
+def test_export_command(tmp_path, base_dir):
+    from typer.testing import CliRunner
+
+    from medusa_chat.cli import app
+
+    _, path = _heads(tmp_path, shared=True)
+    out = tmp_path / "tgi"
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(path), "--format", "tgi", "--out", str(out), "--base", str(base_dir)])
+    assert result.exit_code == 0, result.output
+    assert (out / "medusa_lm_head.safetensors").is_file() and "wrote tgi heads" in result.output
+    result = runner.invoke(app, ["export", str(path), "--format", "vllm", "--out", str(tmp_path / "v")])
+    assert result.exit_code == 1 and "--base" in result.output

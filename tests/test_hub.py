@@ -272,3 +272,69 @@ def test_heads_for_another_base_give_a_named_error(hub_env):
         load_heads(hub.local_files("test/heads-st").heads_path, 32, VOCAB)
     with pytest.raises(HeadsError, match="project onto 4096 tokens"):
         load_heads(hub.local_files("test/heads-st").heads_path, HIDDEN, 100)
+
+
+def test_cli_download_list_info_remove(hub_env):
+    from typer.testing import CliRunner
+
+    from medusa_chat.cli import app
+
+    _user_entry()
+    runner = CliRunner()
+    result = runner.invoke(app, ["models", "download", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert "[##############################]" in result.output and "tiny is ready" in result.output
+
+    listing = json.loads(runner.invoke(app, ["models", "list", "--json"]).output)
+    row = next(r for r in listing["models"] if r["name"] == "tiny")
+    assert row["cached"] and row["size_on_disk"] > 2 * hub.REPORT_BYTES and row["to_download"] == 0
+    assert set(row["memory"]) == {"fp16", "8-bit", "4-bit"}
+    assert listing["device"]["kind"] in ("cpu", "cuda")
+    assert "tiny" in runner.invoke(app, ["models", "list"]).output
+
+    info = runner.invoke(app, ["models", "info", "tiny", "--remote"])
+    assert info.exit_code == 0 and "test/tiny-llama/model.safetensors" in info.output
+    assert "still to download 0 B" in info.output
+
+    removed = runner.invoke(app, ["models", "remove", "tiny", "--yes"])
+    assert removed.exit_code == 0 and "freed" in removed.output
+    assert not hub.cached_state("tiny").complete
+
+
+def test_cli_reports_hub_errors_cleanly(hub_env):
+    from typer.testing import CliRunner
+
+    from medusa_chat.cli import app
+
+    result = CliRunner().invoke(app, ["models", "download", "test/gated"])
+    assert result.exit_code == 1 and "hf auth login" in result.output
+    result = CliRunner().invoke(app, ["models", "info", "no-such-thing"])
+    assert result.exit_code == 1 and "not a catalogue model" in result.output
+
+
+def test_ctrl_c_stops_the_cli_download_and_a_rerun_resumes(hub_env, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    hub_env.slow = 0.02  # about 3 MB/s: slow enough to interrupt
+    env = {**os.environ, "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"}
+    command = [sys.executable, "-m", "medusa_chat.cli", "models", "download", "test/tiny-llama"]
+    blobs = hub.hub_cache_dir() / "models--test--tiny-llama" / "blobs"
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while not any(p.stat().st_size > 0 for p in blobs.glob("*.incomplete")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "cancelled" in output and "to resume" in output
+    kept = next(blobs.glob("*.incomplete")).stat().st_size
+    assert kept > 0
+
+    hub_env.slow = 0.0
+    hub_env.ranges.clear()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert hub_env.ranges == [("test/tiny-llama/model.safetensors", f"bytes={kept}-")]
