@@ -32,7 +32,7 @@ _MODEL_FILES = re.compile(
     r"^(config\.json|generation_config\.json|tokenizer\.json|tokenizer\.model|tokenizer_config\.json|"
     r"special_tokens_map\.json|added_tokens\.json|vocab\.json|merges\.txt|chat_template\.jinja)$"
 )
-_SAFETENSORS = re.compile(r"^(?!medusa_lm_head\.)[^/]+\.safetensors$|^model\.safetensors\.index\.json$")
+_SAFETENSORS = re.compile(r"^model(-\d+-of-\d+)?\.safetensors$|^model\.safetensors\.index\.json$")  # not consolidated.*
 _BIN = re.compile(r"^pytorch_model[^/]*\.bin$|^pytorch_model\.bin\.index\.json$")
 HEAD_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
 

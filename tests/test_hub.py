@@ -338,3 +338,19 @@ def test_ctrl_c_stops_the_cli_download_and_a_rerun_resumes(hub_env, tmp_path):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert hub_env.ranges == [("test/tiny-llama/model.safetensors", f"bytes={kept}-")]
+
+
+def test_file_selection_skips_duplicates_and_extras():
+    listing = [
+        "README.md", ".gitattributes", "config.json", "consolidated.safetensors", "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "tokenizer.model",
+        "tokenizer_config.json", "training_args.bin",
+    ]  # fmt: skip
+    assert hub.select_files(listing, "model") == [
+        "config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json", "tokenizer.model", "tokenizer_config.json",
+    ]  # fmt: skip
+    bins = ["config.json", "pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json", "training_args.bin"]
+    assert hub.select_files(bins, "model") == bins[:3]
+    heads = ["config.json", "medusa_lm_head.pt", "medusa_lm_head.safetensors", "README.md"]
+    assert hub.select_files(heads, "heads") == ["config.json", "medusa_lm_head.safetensors"]
