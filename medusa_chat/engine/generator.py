@@ -178,7 +178,7 @@ class Generator:
                 delta = text.push(tokens)
                 step_time = time.perf_counter() - t0
                 decode_time += step_time
-                steps += 1
+                steps += bool(tokens)  # a step that only found the end of the answer emits nothing
                 tree_size = self.tree.size if use_medusa else 1
                 yield StepEvent(tokens, delta, len(tokens), tree_size, step_time, from_heads)
                 if stop:

@@ -1,0 +1,228 @@
+"""Side-by-side speed measurements: plain decoding, Medusa, transformers ``generate`` and prompt lookup.
+
+Every prompt runs every method, in rotation, in one process, greedy, so the ratios compare like
+with like on the same machine state. Tokens/s counts wall time from the prompt to the last token
+(prefill included) for every method.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+METHODS = ("plain", "medusa", "hf", "hf_lookup")
+LOOKUP_TOKENS = 10
+
+
+@dataclass
+class Run:
+    """One method on one prompt."""
+
+    method: str
+    new_tokens: int
+    seconds: float
+    steps: int = 0
+    decode_seconds: float = 0.0
+    token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def tok_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
+    """The ``prompt`` field of each line of a JSONL file."""
+    prompts = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            prompts.append(json.loads(line)["prompt"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{n}: expected a JSON object with a 'prompt' field ({exc})") from exc
+        if limit and len(prompts) >= limit:
+            break
+    if not prompts:
+        raise ValueError(f"{path} holds no prompts")
+    return prompts
+
+
+def run_engine(loaded, ids: list[int], max_new_tokens: int, medusa: bool) -> Run:
+    """Our generator, greedy, from an empty cache."""
+    from .engine.generator import GenerationConfig
+
+    gen = loaded.generator
+    gen.reset()
+    started = time.perf_counter()
+    stats = gen.generate(ids, GenerationConfig(max_new_tokens=max_new_tokens, medusa=medusa))
+    seconds = time.perf_counter() - started
+    gen.reset()
+    method = "medusa" if medusa else "plain"
+    return Run(method, stats.new_tokens, seconds, stats.steps, stats.decode_time, stats.token_ids)
+
+
+def run_hf(loaded, ids: list[int], max_new_tokens: int, lookup: bool) -> Run:
+    """transformers ``generate``, greedy (with prompt lookup decoding when ``lookup``)."""
+    import torch
+
+    gen = loaded.generator
+    eos = sorted(gen.eos_ids)
+    inputs = torch.tensor([ids], device=gen.device)
+    extra = {"prompt_lookup_num_tokens": LOOKUP_TOKENS} if lookup else {}
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = gen.model.generate(
+            inputs,
+            attention_mask=torch.ones_like(inputs),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos or None,
+            pad_token_id=eos[0] if eos else 0,
+            **extra,
+        )
+    seconds = time.perf_counter() - started
+    new = out[0, len(ids) :].tolist()
+    if new and new[-1] in gen.eos_ids:
+        new = new[:-1]
+    return Run("hf_lookup" if lookup else "hf", len(new), seconds, token_ids=new)
+
+
+RUNNERS: dict[str, Callable] = {
+    "plain": lambda m, ids, n: run_engine(m, ids, n, medusa=False),
+    "medusa": lambda m, ids, n: run_engine(m, ids, n, medusa=True),
+    "hf": lambda m, ids, n: run_hf(m, ids, n, lookup=False),
+    "hf_lookup": lambda m, ids, n: run_hf(m, ids, n, lookup=True),
+}
+
+
+def bench(
+    loaded,
+    prompts: list[str],
+    max_new_tokens: int = 128,
+    methods: Iterable[str] = METHODS,
+    on_run: Callable[[int, Run], None] | None = None,
+) -> dict:
+    """Run every method on every prompt (rotating the order per prompt) and summarise."""
+    methods = [m for m in METHODS if m in set(methods)]
+    if "medusa" in methods and not loaded.generator.has_heads:
+        raise ValueError(f"{loaded.name} has no Medusa heads to benchmark: pass --heads")
+    warm = loaded.chat_ids([{"role": "user", "content": "Hi"}])
+    for method in methods:
+        RUNNERS[method](loaded, warm, 4)
+    per_prompt = []
+    for i, prompt in enumerate(prompts):
+        ids = loaded.chat_ids([{"role": "user", "content": prompt}])
+        order = methods[i % len(methods) :] + methods[: i % len(methods)]
+        runs = {}
+        for method in order:
+            runs[method] = RUNNERS[method](loaded, ids, max_new_tokens)
+            if on_run:
+                on_run(i, runs[method])
+        per_prompt.append(runs)
+    return summarise(loaded, prompts, per_prompt, methods, max_new_tokens)
+
+
+def summarise(loaded, prompts: list[str], per_prompt: list[dict[str, Run]], methods: list[str], max_new_tokens: int):
+    """The ``{"summary": ..., "prompts": [...]}`` report."""
+    import torch
+
+    def total(method: str) -> float:
+        runs = [r[method] for r in per_prompt]
+        seconds = sum(r.seconds for r in runs)
+        return sum(r.new_tokens for r in runs) / seconds if seconds else 0.0
+
+    def median(method: str) -> float:
+        return statistics.median(r[method].tok_s for r in per_prompt)
+
+    def step_time(method: str) -> float:
+        runs = [r[method] for r in per_prompt]
+        steps = sum(r.steps for r in runs)
+        return sum(r.decode_seconds for r in runs) / steps if steps else 0.0
+
+    speed = {m: total(m) for m in methods}
+    summary: dict = {}
+    for m in METHODS:
+        summary[f"{m}_tok_s"] = round(speed[m], 3) if m in speed else None
+        summary[f"{m}_tok_s_median"] = round(median(m), 3) if m in speed else None
+    has = set(methods)
+    summary["speedup_vs_plain"] = _ratio(speed, "medusa", "plain")
+    summary["speedup_vs_hf"] = _ratio(speed, "medusa", "hf")
+    if {"medusa", "plain"} <= has:
+        medusa_runs = [r["medusa"] for r in per_prompt]
+        summary["mean_accepted"] = round(
+            sum(r.new_tokens for r in medusa_runs) / max(1, sum(r.steps for r in medusa_runs)), 4
+        )
+        plain_step = step_time("plain")
+        summary["step_overhead"] = round(step_time("medusa") / plain_step, 4) if plain_step else None
+        identical = [r["medusa"].token_ids == r["plain"].token_ids for r in per_prompt]
+        summary["identical_fraction"] = round(sum(identical) / len(identical), 4)
+    else:
+        summary.update(mean_accepted=None, step_overhead=None, identical_fraction=None)
+    summary["machine"] = {
+        "cpu": _cpu_model(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": loaded.device,
+        "python": platform.python_version(),
+    }
+    summary["settings"] = {
+        "model": loaded.name,
+        "dtype": loaded.dtype,
+        "quant": loaded.quant,
+        "tree": loaded.tree_name,
+        "tree_size": loaded.generator.tree.size,
+        "max_new_tokens": max_new_tokens,
+        "prompts": len(prompts),
+        "methods": methods,
+    }
+    rows = []
+    for prompt, runs in zip(prompts, per_prompt, strict=True):
+        row = {"prompt": prompt[:200]}
+        for m, r in runs.items():
+            data = asdict(r)
+            data.pop("token_ids")
+            data["tok_s"] = round(r.tok_s, 3)
+            row[m] = data
+        if {"medusa", "plain"} <= has:
+            row["identical"] = runs["medusa"].token_ids == runs["plain"].token_ids
+        rows.append(row)
+    return {"summary": summary, "prompts": rows}
+
+
+def _ratio(speed: dict[str, float], a: str, b: str) -> float | None:
+    if a in speed and b in speed and speed[b] > 0:
+        return round(speed[a] / speed[b], 4)
+    return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def format_table(report: dict) -> str:
+    """A plain-text table of the summary."""
+    s = report["summary"]
+    lines = [f"{'method':12s} {'tok/s (total)':>14s} {'tok/s (median)':>15s}"]
+    for m in METHODS:
+        if s.get(f"{m}_tok_s") is not None:
+            lines.append(f"{m:12s} {s[f'{m}_tok_s']:14.2f} {s[f'{m}_tok_s_median']:15.2f}")
+    for key in ("speedup_vs_plain", "speedup_vs_hf", "mean_accepted", "step_overhead", "identical_fraction"):
+        if s.get(key) is not None:
+            lines.append(f"{key:20s} {s[key]:.3f}")
+    st = s["settings"]
+    lines.append(
+        f"model {st['model']} ({st['dtype']}), tree {st['tree']} ({st['tree_size']} slots), "
+        f"{st['prompts']} prompts x {st['max_new_tokens']} new tokens, {s['machine']['threads']} threads"
+    )
+    return "\n".join(lines)
