@@ -1,7 +1,11 @@
 import os
 
-import pytest
-import torch
+# No test may reach the real Hub: point huggingface_hub at a closed loopback port before it is imported.
+os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("MEDUSA_TEST_THREADS", "1")))
 
