@@ -110,12 +110,12 @@ class Generator:
         """The token ids whose keys and values are in the cache."""
         return list(self._cached_ids)
 
-    def set_tree(self, tree: str | Sequence[Sequence[int]]) -> None:
-        """Use a preset by name, or explicit choices; validated against the number of heads."""
+    def set_tree(self, tree: str | Sequence[Sequence[int]], name: str | None = None) -> None:
+        """Use a preset by name, or explicit choices (shown as ``name``); validated against the heads."""
         choices = preset(tree) if isinstance(tree, str) else tree
         built = build_tree(choices, num_heads=self.heads.num_heads if self.heads else 0)
         self.tree = built.to(self.device)
-        self.tree_name = tree if isinstance(tree, str) else f"custom-{built.size}"
+        self.tree_name = name or (tree if isinstance(tree, str) else f"custom-{built.size}")
         dtype = _float_dtype(self.model)
         self._tree_block = torch.zeros(built.size, built.size, dtype=dtype, device=self.device).masked_fill(
             ~self.tree.ancestor_mask, torch.finfo(dtype).min
