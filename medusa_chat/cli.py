@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from .cli_models import export_cmd, models_app
+from .tuning_cli import tune_cmd
 
 app = typer.Typer(
     help="Local chat with Medusa decoding: faster generation with extra heads, no draft model.",
@@ -19,6 +20,7 @@ app = typer.Typer(
 
 app.add_typer(models_app, name="models")
 app.command("export")(export_cmd)
+app.command("tune")(tune_cmd)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 

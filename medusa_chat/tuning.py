@@ -1,0 +1,492 @@
+"""Tree tuning (``medusa-chat tune``): the tree with the most tokens per second on this machine.
+
+The reference trees (63 nodes) were grown for one datacenter GPU by expected acceptance alone.
+Here the size is chosen by speed, from measurements on the user's own machine, model and precision:
+
+1. **Acceptance.** The base model answers the calibration prompts greedily; at every step the
+   heads' top-k guesses are ranked against the base's own next tokens, one row of ranks per step
+   (one rank per head, ``TOPK`` = not in the top-k). A node ``(r1, ..., rd)`` is accepted when
+   head j's truth sits at rank r(j+1) for every j < d. Its probability is read from the joint
+   rows (heads tend to be right together), shrunk toward the reference's independence product
+   of per-head rank rates (spec §3.4) where rows are few. Greedy acceptance takes at most one
+   child per node, so the expected accepted length of a tree is 1 + the sum of its nodes'
+   probabilities (the root, the base model's own token, always counts).
+2. **Growth.** As the reference: repeatedly add the most probable node whose parent is in the tree.
+3. **Step cost.** Real generator steps (heads, tree forward, acceptance, KV compaction) with the
+   growth order's first q-1 nodes (q slots), on a cache of a few hundred tokens, relative to a
+   plain step; sizes and plain steps are interleaved and each ratio is a median.
+4. **Choice.** The size q with the highest expected accepted length / step cost (costs are
+   interpolated between measured sizes); then greedy generation with the chosen tree against
+   plain decoding on the calibration prompts gives the measured speedup.
+
+The result is saved per model, device and precision under ``data_dir()/trees/`` and read back
+with :func:`tuned_tree`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import re
+import statistics
+import warnings
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from .engine.generator import GenerationConfig, Generator
+from .engine.tree import TOPK, TreeError, build_tree
+from .paths import data_dir
+
+RANK_MISS = TOPK
+"""The rank recorded when the true token is not among a head's top-k guesses."""
+
+Node = tuple[int, ...]
+"""A tree node: its per-depth ranks, as in tree choices."""
+Progress = Callable[[str, int, int], None]
+"""Called as ``progress(phase, done, total)`` while tuning."""
+
+TUNED_NAME = "tuned"
+COST_PROMPT_TOKENS = 320
+
+
+# -- acceptance model --------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class PathModel(Protocol):
+    """Probability that a tree node (a path of per-depth ranks) is accepted in a greedy step."""
+
+    def probability(self, path: Node) -> float: ...
+
+
+class IndependentAcceptance:
+    """The reference's model: P(path) = product over depths d of ``rank_hits[d][r_d]``."""
+
+    def __init__(self, rank_hits: Sequence[Sequence[float]]) -> None:
+        self.rank_hits = [list(rates) for rates in rank_hits]
+
+    def probability(self, path: Node) -> float:
+        return math.prod(self.rank_hits[depth][rank] for depth, rank in enumerate(path))
+
+
+class ConditionalAcceptance:
+    """Joint per-step ranks: P(head d at rank r | the path so far was accepted), from the same rows.
+
+    ``ranks[n][d]`` is the rank of head d's true token at calibration step n (``RANK_MISS`` when
+    outside the top-k). The conditional rate of a node given its parent is
+    ``(count(node) + s * rate[d][r]) / (count(parent) + s)`` with ``s = prior_strength`` pseudo-rows
+    at the independent rate, so well-sampled nodes follow the data and rare ones the reference model.
+    """
+
+    def __init__(self, ranks: Sequence[Sequence[int]], prior_strength: float = 20.0) -> None:
+        rows = [tuple(int(r) for r in row) for row in ranks]
+        if not rows:
+            raise ValueError("no calibration steps to estimate acceptance from")
+        self.num_heads = len(rows[0])
+        self.samples = len(rows)
+        columns = [Counter(row[d] for row in rows) for d in range(self.num_heads)]
+        self.rank_hits = [[columns[d][r] / self.samples for r in range(TOPK)] for d in range(self.num_heads)]
+        self._counts: Counter[Node] = Counter({(): self.samples})
+        for row in rows:
+            for depth in range(1, self.num_heads + 1):
+                if row[depth - 1] == RANK_MISS:
+                    break
+                self._counts[row[:depth]] += 1
+        self._strength = prior_strength
+        self._memo: dict[Node, float] = {(): 1.0}
+
+    def probability(self, path: Node) -> float:
+        path = tuple(path)
+        if path not in self._memo:
+            parent = path[:-1]
+            prior = self.rank_hits[len(parent)][path[-1]]
+            rate = (self._counts[path] + self._strength * prior) / (self._counts[parent] + self._strength)
+            self._memo[path] = self.probability(parent) * rate
+        return self._memo[path]
+
+
+def _as_model(acceptance: PathModel | Sequence[Sequence[float]]) -> PathModel:
+    return acceptance if isinstance(acceptance, PathModel) else IndependentAcceptance(acceptance)
+
+
+def expected_accepted(choices: Sequence[Sequence[int]], acceptance: PathModel | Sequence[Sequence[float]]) -> float:
+    """Expected tokens per greedy step with this tree: 1 (the root) + the nodes' acceptance probabilities."""
+    model = _as_model(acceptance)
+    return 1.0 + sum(model.probability(tuple(c)) for c in choices)
+
+
+def grow_tree(acceptance: PathModel | Sequence[Sequence[float]], max_depth: int, max_nodes: int) -> list[Node]:
+    """Nodes in greedy order: each is the most probable one whose parent is already in (ties: shallower, lower ranks).
+
+    Every prefix of the result is a valid tree, and the best one of its size when probabilities
+    fall along paths (they do for both models). Growth stops early at nodes that are never accepted.
+    """
+    model = _as_model(acceptance)
+    order: list[Node] = []
+    frontier: dict[Node, float] = {(r,): model.probability((r,)) for r in range(TOPK)} if max_depth > 0 else {}
+    while frontier and len(order) < max_nodes:
+        path = max(frontier, key=lambda p: (frontier[p], -len(p), tuple(-r for r in p)))
+        if frontier.pop(path) <= 0:
+            break
+        order.append(path)
+        if len(path) < max_depth:
+            frontier.update({(*path, r): model.probability((*path, r)) for r in range(TOPK)})
+    return order
+
+
+def interpolate_cost(costs: Mapping[int, float], size: int) -> float | None:
+    """The step cost at ``size`` slots, linear between measured sizes; None outside them."""
+    if size in costs:
+        return costs[size]
+    below = [q for q in costs if q < size]
+    above = [q for q in costs if q > size]
+    if not below or not above:
+        return None
+    lo, hi = max(below), min(above)
+    return costs[lo] + (costs[hi] - costs[lo]) * (size - lo) / (hi - lo)
+
+
+def predicted_speedups(
+    order: Sequence[Node], acceptance: PathModel | Sequence[Sequence[float]], costs: Mapping[int, float]
+) -> dict[int, float]:
+    """Predicted speedup over plain decoding of each prefix of ``order``, by tree size in slots."""
+    model = _as_model(acceptance)
+    curve: dict[int, float] = {}
+    accepted = 1.0
+    for size, path in enumerate(order, start=2):
+        accepted += model.probability(path)
+        cost = interpolate_cost(costs, size)
+        if cost is not None:
+            curve[size] = accepted / cost
+    return curve
+
+
+def build_best_tree(
+    acceptance: PathModel | Sequence[Sequence[float]],
+    costs: Mapping[int, float],
+    max_depth: int,
+    max_nodes: int,
+) -> tuple[list[list[int]], float]:
+    """The greedy-grown tree whose size maximises expected accepted length / step cost.
+
+    ``acceptance`` is a :class:`PathModel` or per-head per-rank hit rates (``rank_hits[d][r]``);
+    ``costs`` maps tree sizes in slots (root included) to the cost of one step relative to a
+    plain step. Returns the choices and the predicted speedup over plain decoding; the empty tree
+    (plain decoding, speedup 1) when no size pays for itself.
+    """
+    order = grow_tree(acceptance, max_depth, max_nodes)
+    best_size, best = 1, 1.0
+    for size, speedup in predicted_speedups(order, acceptance, costs).items():
+        if speedup > best:
+            best_size, best = size, speedup
+    return [list(p) for p in order[: best_size - 1]], best
+
+
+# -- measurements ------------------------------------------------------------------------------------
+
+
+def collect_ranks(
+    generator: Generator,
+    prompts_ids: Sequence[Sequence[int]],
+    steps: int,
+    progress: Progress | None = None,
+) -> list[tuple[int, ...]]:
+    """Per greedy step of each prompt's answer, the rank of every head's true token (``RANK_MISS`` if none).
+
+    At step s the heads read the hidden state that predicted answer token s (the step's root);
+    head i is scored against answer token s + 1 + i, as a Medusa step would accept it.
+    """
+    heads = _require_heads(generator)
+    k = heads.num_heads
+    decoder = generator.model.get_decoder()
+    lm_head = generator.model.get_output_embeddings()
+    rows: list[tuple[int, ...]] = []
+    for n, ids in enumerate(prompts_ids, start=1):
+        generator.reset()
+        answer = generator.generate(ids, GenerationConfig(max_new_tokens=steps + k, medusa=False)).token_ids
+        scored = min(steps, len(answer) - k)
+        if scored > 0:
+            with torch.inference_mode():
+                seq = torch.tensor([[*ids, *answer]], device=generator.device)
+                hidden = decoder(input_ids=seq, use_cache=False).last_hidden_state[0]
+                hidden = hidden[len(ids) - 1 : len(ids) - 1 + scored]
+                top = heads(hidden, lm_head).topk(TOPK, dim=-1).indices  # [K, S, TOPK]
+            truth = torch.tensor(answer, device=top.device)
+            truth = torch.stack([truth[1 + i : 1 + i + scored] for i in range(k)])  # [K, S]
+            match = top == truth[..., None]
+            ranks = torch.where(match.any(-1), match.int().argmax(-1), RANK_MISS)
+            rows.extend(tuple(row) for row in ranks.T.tolist())
+        if progress:
+            progress("acceptance", n, len(prompts_ids))
+    generator.reset()
+    return rows
+
+
+def measurement_sizes(largest: int) -> list[int]:
+    """Tree sizes (slots) worth measuring up to ``largest``: every size to 8, then sparser."""
+    sizes = {*range(2, 9), *range(10, 17, 2), *range(20, 33, 4), *range(40, max(largest, 40) + 1, 8), largest}
+    return sorted(q for q in sizes if 2 <= q <= largest)
+
+
+GENERIC_RATES = [[0.6 * 0.75**d * 0.5**r for r in range(TOPK)] for d in range(TOPK)]
+"""Made-up rank rates that give trees of a typical shape, for measuring costs without calibration."""
+
+
+def measure_step_costs(
+    generator: Generator,
+    sizes: Sequence[int],
+    prompt_ids: Sequence[int],
+    repeats: int = 5,
+    *,
+    steps: int = 6,
+    order: Sequence[Node] | None = None,
+    progress: Progress | None = None,
+) -> dict[int, float]:
+    """The cost of a real Medusa step with a tree of each size (slots), relative to a plain step.
+
+    Each round runs ``steps`` generator steps at every size and plain, in rotated order, from
+    ``prompt_ids`` (use a few hundred tokens: the cache length matters); the cost at a size is the
+    median over rounds of its median step time divided by the same round's plain one. The tree of
+    size q is the first q-1 nodes of ``order`` (default: a typical greedy-grown tree).
+    End-of-sequence tokens do not stop these runs. The generator's tree is restored afterwards.
+    """
+    heads = _require_heads(generator)
+    sizes = sorted({int(q) for q in sizes if q >= 2})
+    if not sizes:
+        raise ValueError("measure at least one tree size of 2 slots or more")
+    if order is None:
+        order = grow_tree(GENERIC_RATES[: heads.num_heads], heads.num_heads, sizes[-1] - 1)
+    if len(order) < sizes[-1] - 1:
+        raise ValueError(f"the node order has {len(order)} nodes, too few for a tree of {sizes[-1]} slots")
+    trees: dict[int, list[list[int]] | None] = {1: None} | {q: [list(p) for p in order[: q - 1]] for q in sizes}
+    saved_tree, saved_name, saved_eos = generator.tree.choices, generator.tree_name, generator.eos_ids
+    generator.eos_ids = set()
+    ratios: dict[int, list[float]] = {q: [] for q in sizes}
+    try:
+        for tree in trees.values():  # warm-up: first calls of a new shape allocate and pick kernels
+            _step_times(generator, prompt_ids, tree, 2)
+        keys = list(trees)
+        for rep in range(repeats):
+            shift = rep % len(keys)
+            times = {q: statistics.median(_step_times(generator, prompt_ids, trees[q], steps))
+                     for q in keys[shift:] + keys[:shift]}  # fmt: skip
+            for q in sizes:
+                ratios[q].append(times[q] / times[1])
+            if progress:
+                progress("step cost", rep + 1, repeats)
+    finally:
+        generator.eos_ids = saved_eos
+        generator.set_tree([list(c) for c in saved_tree], name=saved_name)
+        generator.reset()
+    return {q: statistics.median(r) for q, r in ratios.items()}
+
+
+def _step_times(
+    generator: Generator, prompt_ids: Sequence[int], tree: list[list[int]] | None, steps: int
+) -> list[float]:
+    """Wall times of ``steps`` decoding steps after the first (plain when ``tree`` is None)."""
+    if tree is not None:
+        generator.set_tree(tree, name=f"probe-{len(tree) + 1}")
+    config = GenerationConfig(max_new_tokens=(steps + 1) * (generator.tree.size + 1), medusa=tree is not None)
+    times: list[float] = []
+    stream = generator.stream(prompt_ids, config)
+    try:
+        for n, event in enumerate(stream):
+            if n > 0:  # the first plain step has no forward pass yet (prefill fed it)
+                times.append(event.step_time)
+            if len(times) == steps:
+                break
+    finally:
+        stream.close()
+    return times
+
+
+def measure_speedups(
+    generator: Generator,
+    prompts_ids: Sequence[Sequence[int]],
+    trees: Mapping[str, Sequence[Sequence[int]]],
+    max_new_tokens: int = 128,
+    progress: Progress | None = None,
+) -> dict[str, dict[str, float]]:
+    """Greedy decoding speed of plain decoding and of each named tree on every prompt, in rotation.
+
+    Returns per method ``tok_s`` (tokens over decoding time, prefill excluded), ``mean_accepted``
+    (tokens per step) and ``speedup`` (over plain). The generator's tree is restored afterwards.
+    """
+    _require_heads(generator)
+    methods = ["plain", *trees]
+    tokens = dict.fromkeys(methods, 0)
+    steps = dict.fromkeys(methods, 0)
+    seconds = dict.fromkeys(methods, 0.0)
+    saved_tree, saved_name = generator.tree.choices, generator.tree_name
+
+    def run(method: str, ids: Sequence[int], budget: int):
+        if method != "plain":
+            generator.set_tree([list(c) for c in trees[method]], name=method)
+        generator.reset()
+        return generator.generate(ids, GenerationConfig(max_new_tokens=budget, medusa=method != "plain"))
+
+    try:
+        for method in methods:
+            run(method, prompts_ids[0], 8)
+        for n, ids in enumerate(prompts_ids):
+            shift = n % len(methods)
+            for method in methods[shift:] + methods[:shift]:
+                stats = run(method, ids, max_new_tokens)
+                tokens[method] += stats.new_tokens
+                steps[method] += stats.steps
+                seconds[method] += stats.decode_time
+            if progress:
+                progress("speed check", n + 1, len(prompts_ids))
+    finally:
+        generator.set_tree([list(c) for c in saved_tree], name=saved_name)
+        generator.reset()
+    speed = {m: tokens[m] / seconds[m] if seconds[m] > 0 else 0.0 for m in methods}
+    return {
+        m: {
+            "tok_s": speed[m],
+            "mean_accepted": tokens[m] / steps[m] if steps[m] else 0.0,
+            "speedup": speed[m] / speed["plain"] if speed["plain"] > 0 else 0.0,
+        }
+        for m in methods
+    }
+
+
+def _require_heads(generator: Generator):
+    if generator.heads is None:
+        raise ValueError("this model has no Medusa heads to tune a tree for: pass --heads")
+    return generator.heads
+
+
+# -- the whole tuning run -------------------------------------------------------------------------
+
+
+def tune(
+    loaded,
+    prompts: Sequence[str],
+    *,
+    max_nodes: int = 63,
+    steps: int = 128,
+    repeats: int = 5,
+    measure_limit: int = 10,
+    max_new_tokens: int = 128,
+    compare: Mapping[str, Sequence[Sequence[int]]] | None = None,
+    prior_strength: float = 20.0,
+    progress: Progress | None = None,
+) -> dict:
+    """Tune a tree for ``loaded`` (a :class:`~medusa_chat.loading.LoadedModel`) on ``prompts``; return the report.
+
+    ``steps`` greedy tokens of each prompt's answer calibrate acceptance; step costs are measured
+    over ``repeats`` rounds; the chosen tree and the ``compare`` trees are checked against plain
+    decoding on the first ``measure_limit`` prompts with ``max_new_tokens`` each. The generator
+    ends up using the tuned tree. Nothing is saved (see :func:`save_tuned`).
+    """
+    generator: Generator = loaded.generator
+    heads = _require_heads(generator)
+    if not prompts:
+        raise ValueError("no calibration prompts")
+    prompts_ids = [loaded.chat_ids([{"role": "user", "content": p}]) for p in prompts]
+
+    acceptance = ConditionalAcceptance(collect_ranks(generator, prompts_ids, steps, progress), prior_strength)
+    order = grow_tree(acceptance, heads.num_heads, max_nodes)
+    if not order:
+        raise ValueError("the heads never guessed right on the calibration prompts: nothing to tune")
+    sizes = measurement_sizes(len(order) + 1)
+    costs = measure_step_costs(
+        generator, sizes, _cost_prompt(loaded, prompts, generator.max_context), repeats, order=order, progress=progress
+    )
+    choices, predicted = build_best_tree(acceptance, costs, heads.num_heads, max_nodes)
+    curve = predicted_speedups(order, acceptance, costs)
+    measured = measure_speedups(
+        generator, prompts_ids[:measure_limit], {TUNED_NAME: choices, **(compare or {})}, max_new_tokens, progress
+    )
+    generator.set_tree(choices, name=TUNED_NAME)
+    tree = build_tree(choices)
+    return {
+        "name": TUNED_NAME,
+        "model": loaded.name,
+        "device": loaded.device,
+        "dtype": loaded.dtype,
+        "choices": choices,
+        "tree_size": tree.size,
+        "depth": tree.depth,
+        "predicted_speedup": round(predicted, 4),
+        "measured_speedup": round(measured[TUNED_NAME]["speedup"], 4),
+        "predicted_accepted": round(expected_accepted(choices, acceptance), 4),
+        "independent_accepted": round(expected_accepted(choices, acceptance.rank_hits), 4),
+        "measured_accepted": round(measured[TUNED_NAME]["mean_accepted"], 4),
+        "step_cost": round(interpolate_cost(costs, tree.size) or 1.0, 4),
+        "costs": {str(q): round(c, 4) for q, c in costs.items()},
+        "predicted_curve": {str(q): round(s, 4) for q, s in curve.items()},
+        "measured": {m: {k: round(v, 4) for k, v in r.items()} for m, r in measured.items()},
+        "rank_hits": [[round(x, 5) for x in rates] for rates in acceptance.rank_hits],
+        "calibration_steps": acceptance.samples,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": {
+            "heads": heads.num_heads,
+            "prompts": len(prompts),
+            "measure_prompts": min(measure_limit, len(prompts)),
+            "steps": steps,
+            "repeats": repeats,
+            "max_nodes": max_nodes,
+            "max_new_tokens": max_new_tokens,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+        },
+    }
+
+
+def _cost_prompt(loaded, prompts: Sequence[str], max_context: int) -> list[int]:
+    """One chat prompt of about ``COST_PROMPT_TOKENS`` tokens (joined calibration prompts), within the context."""
+    target = min(COST_PROMPT_TOKENS, max_context // 2)
+    ids: list[int] = []
+    for count in range(1, len(prompts) + 1):
+        ids = loaded.chat_ids([{"role": "user", "content": "\n\n".join(prompts[:count])}])
+        if len(ids) >= target:
+            break
+    return ids[-target:] if len(ids) > target else ids
+
+
+# -- saved trees -------------------------------------------------------------------------------------
+
+
+def tree_path(model: str, device: str, dtype: str) -> Path:
+    """Where the tuned tree of a model on a device and precision is saved."""
+    safe = [re.sub(r"[^A-Za-z0-9._-]+", "_", part).strip("_") or "_" for part in (model, device, dtype)]
+    directory = data_dir() / "trees"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{'__'.join(safe)}.json"
+
+
+def save_tuned(report: Mapping) -> Path:
+    """Write a :func:`tune` report where :func:`tuned_tree` finds it (atomically); return the path."""
+    path = tree_path(report["model"], report["device"], report["dtype"])
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def tuned_tree(model_name: str, device: str, dtype: str, num_heads: int | None = None) -> list[list[int]] | None:
+    """The saved tuned tree's choices, or None when there is none or it cannot be used (with a warning).
+
+    ``num_heads``, when given, rejects a tree deeper than the heads now loaded.
+    """
+    path = tree_path(model_name, device, dtype)
+    if not path.is_file():
+        return None
+    try:
+        choices = json.loads(path.read_text(encoding="utf-8"))["choices"]
+        build_tree(choices, num_heads=num_heads)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:  # TreeError is a ValueError
+        reason = str(exc) if isinstance(exc, TreeError) else f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"ignoring the tuned tree in {path}: {reason}; run `medusa-chat tune` again", stacklevel=2)
+        return None
+    return [list(c) for c in choices]
