@@ -61,8 +61,9 @@ def test_fitted_heads_accept_spans_and_stay_lossless(setups, arch):
     prompt=st.lists(st.integers(3, len(TOK) - 1), min_size=1, max_size=12),
     max_new=st.integers(1, 40),
     eos_pick=st.one_of(st.none(), st.integers(0, 39)),
+    lookup=st.sampled_from([0, 0, 4, 10]),
 )
-def test_greedy_medusa_equals_plain_greedy(setups, arch, choices, fitted, prompt, max_new, eos_pick):
+def test_greedy_medusa_equals_plain_greedy(setups, arch, choices, fitted, prompt, max_new, eos_pick, lookup):
     model, fitted_heads, random, _ = setups[arch]
     heads = fitted_heads if fitted else random
     _, plain = run(model, None, prompt, eos=set(), max_new_tokens=max_new, medusa=False)
@@ -70,7 +71,9 @@ def test_greedy_medusa_equals_plain_greedy(setups, arch, choices, fitted, prompt
     if eos_pick is not None and eos_pick < len(plain.token_ids):
         eos = {plain.token_ids[eos_pick]}
         _, plain = run(model, None, prompt, eos=eos, max_new_tokens=max_new, medusa=False)
-    _, medusa = run(model, heads, prompt, tree=choices, eos=eos or set(), max_new_tokens=max_new)
+    prompt_lookup = lookup
+    _, medusa = run(model, heads, prompt, tree=choices, eos=eos or set(), max_new_tokens=max_new,
+                    prompt_lookup=prompt_lookup)
     assert medusa.token_ids == plain.token_ids
     assert medusa.text == plain.text
     assert medusa.stop_reason == plain.stop_reason

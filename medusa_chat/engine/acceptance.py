@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .sampling import select
+
 
 def greedy_nodes(tokens: torch.Tensor, logits: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
     """Per node: is its token the argmax of the base logits at its parent? The root always is.
@@ -73,3 +75,30 @@ def best_path(
     path_scores = torch.cat([scores, scores.new_zeros(1)])[retrieve[:, 1 : longest + 1]].sum(-1)
     path_scores = torch.where(lengths == longest, path_scores, torch.full_like(path_scores, -torch.inf))
     return int(torch.argmax(path_scores)), longest
+
+
+def sample_walk(
+    tokens: list[int],
+    parents: list[int],
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[list[int], int]:
+    """Lossless speculative sampling down the tree: (accepted slots, the next token).
+
+    From the root, draw the next token from the base distribution at the current node; when a
+    child carries that token, move to it and draw again; otherwise stop. Every emitted token is
+    a draw from the base model's own (temperature, top-p) distribution, so the output has exactly
+    the distribution of plain sampling. The draw that stopped the walk is the next token.
+    """
+    children = {}
+    for slot in range(len(tokens) - 1, 0, -1):  # the first listed child wins among equal tokens
+        children[(parents[slot], tokens[slot])] = slot
+    path = [0]
+    while True:
+        token = select(logits[path[-1]], temperature, top_p, generator)
+        child = children.get((path[-1], token))
+        if child is None:
+            return path, token
+        path.append(child)

@@ -11,7 +11,8 @@ class StepEvent:
 
     ``accepted`` counts every token the step emitted (the base model's own token plus those
     accepted from the heads), so a plain step has ``accepted == 1``. ``from_heads[i]`` says
-    whether ``token_ids[i]`` was proposed by a Medusa head (False for the base model's own).
+    whether ``token_ids[i]`` was drafted (by a Medusa head or prompt lookup) rather than the base
+    model's own choice.
     """
 
     token_ids: list[int]
@@ -20,6 +21,7 @@ class StepEvent:
     tree_size: int
     step_time: float
     from_heads: list[bool] = field(default_factory=list)
+    fallback: bool = False  # a plain step chosen by automatic fallback (Medusa measured slower)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class GenerationStats:
     medusa: bool
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
+    fallback_steps: int = 0
 
     @property
     def mean_accepted(self) -> float:

@@ -28,10 +28,11 @@ from . import acceptance
 from .cache import cache_length, keep_path, new_cache, truncate
 from .events import GenerationStats, StepEvent
 from .heads import MedusaHeads
+from .lookup import lookup_draft
 from .presets import preset
 from .sampling import select
 from .text import TextStream
-from .tree import build_tree
+from .tree import Tree, build_tree, with_chain
 
 
 class ContextLengthError(ValueError):
@@ -50,6 +51,15 @@ class GenerationConfig:
     posterior_alpha: float = 0.3
     stop_strings: Sequence[str] = ()
     seed: int | None = None
+    acceptance: str = "typical"
+    """With temperature > 0: "typical" (fast, approximate) or "exact" (the base model's own distribution)."""
+    prompt_lookup: int = 0
+    """Add a draft of up to this many tokens found by n-gram lookup in the context to each tree (0: off)."""
+    auto_fallback: bool = False
+    """Switch to plain decoding while it is measured to be faster than Medusa; re-probe now and then."""
+
+
+ACCEPTANCE_MODES = ("typical", "exact")
 
 
 @dataclass
@@ -59,6 +69,50 @@ class _State:
     logits: torch.Tensor
     hidden: torch.Tensor
     pending: list[int] = field(default_factory=list)  # emitted tokens not yet in the cache
+    root: int | None = None  # the next token, when lossless sampling already drew it
+
+
+class _Pace:
+    """Measured tokens/s of Medusa and plain steps, and which one to run next (automatic fallback)."""
+
+    PROBE_AFTER = 8  # Medusa steps before plain decoding is probed (when its speed is unknown)
+    PROBE_STEPS = 4  # plain steps in a probe (the first, which only picks a token, is not timed)
+    RECHECK = 48  # plain steps before Medusa is tried again
+
+    def __init__(self, plain_rate: float | None) -> None:
+        self.rates: dict[str, float | None] = {"medusa": None, "plain": plain_rate}
+        self.mode = "medusa"
+        self.left = self.PROBE_AFTER
+        self._first = True
+
+    def record(self, mode: str, tokens: int, seconds: float) -> None:
+        if mode == "plain" and self._first:  # a plain step's forward pass is paid by the next step
+            self._first = False
+            return
+        if seconds <= 0 or not tokens:
+            return
+        rate = tokens / seconds
+        old = self.rates[mode]
+        self.rates[mode] = rate if old is None else 0.7 * old + 0.3 * rate
+
+    def next_mode(self) -> str:
+        """The mode for the coming step."""
+        self.left -= 1
+        if self.left > 0:
+            return self.mode
+        medusa, plain = self.rates["medusa"], self.rates["plain"]
+        if self.mode == "plain":
+            self._switch("medusa", self.PROBE_AFTER)  # (re-)probe Medusa
+        elif plain is None:
+            self._switch("plain", self.PROBE_STEPS)  # probe the plain speed once
+        elif medusa is not None and medusa < plain:
+            self._switch("plain", self.RECHECK)  # fall back
+        else:
+            self.left = self.RECHECK
+        return self.mode
+
+    def _switch(self, mode: str, steps: int) -> None:
+        self.mode, self.left, self._first = mode, steps, True
 
 
 class Generator:
@@ -90,9 +144,11 @@ class Generator:
         self.eos_ids = eos_ids if eos_ids is not None else _eos_ids(model, tokenizer)
         self._cache = new_cache()
         self._cached_ids: list[int] = []
+        self.plain_rate: float | None = None  # measured plain tokens/s (calibration or fallback probes)
+        self._chains: dict[int, tuple] = {}
         self.tree_name = "none"
         self.tree = build_tree([])
-        self._tree_block: torch.Tensor | None = None
+        self._chains = {0: (self.tree, self._mask_block(self.tree))}
         if heads is not None:
             self.set_tree(tree if tree is not None else "cpu_8")
 
@@ -116,10 +172,19 @@ class Generator:
         built = build_tree(choices, num_heads=self.heads.num_heads if self.heads else 0)
         self.tree = built.to(self.device)
         self.tree_name = name or (tree if isinstance(tree, str) else f"custom-{built.size}")
+        self._chains = {0: (self.tree, self._mask_block(self.tree))}
+
+    def _mask_block(self, tree: Tree) -> torch.Tensor:
         dtype = _float_dtype(self.model)
-        self._tree_block = torch.zeros(built.size, built.size, dtype=dtype, device=self.device).masked_fill(
-            ~self.tree.ancestor_mask, torch.finfo(dtype).min
-        )
+        block = torch.zeros(tree.size, tree.size, dtype=dtype, device=self.device)
+        return block.masked_fill(~tree.ancestor_mask, torch.finfo(dtype).min)
+
+    def _tree_with_chain(self, length: int) -> tuple[Tree, torch.Tensor]:
+        """The tree plus a prompt-lookup chain of ``length`` slots, with its attention block (cached)."""
+        if length not in self._chains:
+            tree = with_chain(self.tree, length)
+            self._chains[length] = (tree, self._mask_block(tree))
+        return self._chains[length]
 
     def reset(self) -> None:
         """Forget the cached conversation."""
@@ -147,7 +212,11 @@ class Generator:
                 f"the prompt has {len(input_ids)} tokens but this model's context holds {self.max_context}: "
                 "shorten the prompt or start a new conversation"
             )
-        use_medusa = config.medusa and self.heads is not None and self.tree.size > 1
+        if config.acceptance not in ACCEPTANCE_MODES:
+            raise ValueError(f"acceptance must be one of {', '.join(ACCEPTANCE_MODES)}, not {config.acceptance!r}")
+        use_medusa = config.medusa and ((self.heads is not None and self.tree.size > 1) or config.prompt_lookup > 0)
+        pace = _Pace(self.plain_rate) if use_medusa and config.auto_fallback else None
+        fallback_steps = 0
         rng = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         text = TextStream(self.tokenizer, config.stop_strings)
         new_ids: list[int] = []
@@ -165,9 +234,12 @@ class Generator:
                     break
                 t0 = time.perf_counter()
                 room = self.max_context - cache_length(self._cache) - len(state.pending)
-                if use_medusa and room >= self.tree.size:
-                    tokens, from_heads, state = self._medusa_step(state, config, rng)
+                mode = pace.next_mode() if pace else ("medusa" if use_medusa else "plain")
+                tree_size = 1
+                if mode == "medusa" and room >= self.tree.size + config.prompt_lookup:
+                    tokens, from_heads, state, tree_size = self._medusa_step(state, config, rng)
                 elif room >= 1:
+                    mode = "plain"
                     tokens, from_heads, state = self._plain_step(state, config, rng)
                 else:
                     stop_reason = "context"
@@ -179,14 +251,19 @@ class Generator:
                 step_time = time.perf_counter() - t0
                 decode_time += step_time
                 steps += bool(tokens)  # a step that only found the end of the answer emits nothing
-                tree_size = self.tree.size if use_medusa else 1
-                yield StepEvent(tokens, delta, len(tokens), tree_size, step_time, from_heads)
+                fallback = pace is not None and mode == "plain"
+                if pace:
+                    pace.record(mode, len(tokens), step_time)
+                    fallback_steps += fallback
+                yield StepEvent(tokens, delta, len(tokens), tree_size, step_time, from_heads, fallback)
                 if stop:
                     stop_reason = "eos"
                     break
                 if text.stopped:
                     stop_reason = "stop_string"
                     break
+        if pace and pace.rates["plain"] is not None:
+            self.plain_rate = pace.rates["plain"]
         tail = text.flush()
         if tail:
             yield StepEvent([], tail, 0, 0, 0.0, [])
@@ -201,6 +278,7 @@ class Generator:
             medusa=use_medusa,
             text=text.text,
             token_ids=new_ids,
+            fallback_steps=fallback_steps,
         )
 
     # -- steps ---------------------------------------------------------------------------------
@@ -224,38 +302,57 @@ class Generator:
 
     def _plain_step(self, state: _State, config: GenerationConfig, rng) -> tuple[list[int], list[bool], _State]:
         """Pick the next token; its forward pass happens at the start of the next step (if any)."""
+        root = state.root
         state = self._flush(state)
-        token = select(state.logits, config.temperature, config.top_p, rng)
+        token = root if root is not None else select(state.logits, config.temperature, config.top_p, rng)
         return [token], [False], _State(state.logits, state.hidden, pending=[token])
 
-    def _medusa_step(self, state: _State, config: GenerationConfig, rng) -> tuple[list[int], list[bool], _State]:
+    def _medusa_step(
+        self, state: _State, config: GenerationConfig, rng
+    ) -> tuple[list[int], list[bool], _State, int]:
+        """One tree step: propose, verify in one forward pass, accept, compact the cache."""
+        root = state.root
         state = self._flush(state)
+        if root is None:
+            root = select(state.logits, config.temperature, config.top_p, rng)
         tree = self.tree
-        root = select(state.logits, config.temperature, config.top_p, rng)
-        proposals = self.heads(state.hidden, self._lm_head, count=tree.depth).topk(tree.topk, dim=-1).indices
-        flat = torch.cat([torch.tensor([root], device=self.device), proposals.flatten()])
-        tokens = flat[tree.tree_indices]
+        tokens = torch.tensor([root], device=self.device)
+        if self.heads is not None and tree.depth:
+            proposals = self.heads(state.hidden, self._lm_head, count=tree.depth).topk(tree.topk, dim=-1).indices
+            tokens = torch.cat([tokens, proposals.flatten()])[tree.tree_indices]
+        draft = lookup_draft([*self._cached_ids, root], config.prompt_lookup) if config.prompt_lookup else []
+        tree, block = self._tree_with_chain(len(draft))
+        if draft:
+            tokens = torch.cat([tokens, torch.tensor(draft, device=self.device)])
 
         start = cache_length(self._cache)
-        mask = torch.cat([self._tree_block.new_zeros(tree.size, start), self._tree_block], dim=-1)
+        mask = torch.cat([block.new_zeros(tree.size, start), block], dim=-1)
         hidden = self._forward(tokens, mask=mask[None, None], positions=start + tree.depths)
         logits = self._logits(hidden)
 
-        if config.temperature > 0:
-            ok, scores = acceptance.typical_nodes(
-                tokens, logits, tree.parents, config.temperature, config.posterior_threshold, config.posterior_alpha
+        next_root = None
+        if config.temperature > 0 and config.acceptance == "exact":
+            path, next_root = acceptance.sample_walk(
+                tokens.tolist(), tree.parents.tolist(), logits, config.temperature, config.top_p, rng
             )
-            row, length = acceptance.best_path(ok, tree.retrieve_indices, scores)
+            slots = torch.tensor(path, device=self.device)
         else:
-            row, length = acceptance.best_path(
-                acceptance.greedy_nodes(tokens, logits, tree.parents), tree.retrieve_indices
-            )
-        slots = tree.retrieve_indices[row, : length + 1]
+            if config.temperature > 0:
+                ok, scores = acceptance.typical_nodes(
+                    tokens, logits, tree.parents, config.temperature, config.posterior_threshold,
+                    config.posterior_alpha,
+                )
+                row, length = acceptance.best_path(ok, tree.retrieve_indices, scores)
+            else:
+                ok = acceptance.greedy_nodes(tokens, logits, tree.parents)
+                row, length = acceptance.best_path(ok, tree.retrieve_indices)
+            slots = tree.retrieve_indices[row, : length + 1]
         keep_path(self._cache, start, slots)
         emitted = tokens[slots].tolist()
         self._cached_ids.extend(emitted)
         last = slots[-1]
-        return emitted, [False] + [True] * length, _State(logits[last], hidden[last])
+        from_heads = [False] + [True] * (len(emitted) - 1)
+        return emitted, from_heads, _State(logits[last], hidden[last], root=next_root), tree.size
 
     def _forward(
         self, tokens: Sequence[int] | torch.Tensor, mask: torch.Tensor | None = None, positions=None

@@ -8,7 +8,9 @@ One reader, :func:`load_heads`, accepts:
 - the same keys in a legacy ``medusa_lm_head.pt`` (read with ``weights_only=True``: a pickle
   that needs anything beyond tensors is refused and nothing in it runs);
 - full-model (Medusa-2) checkpoints whose shards hold ``medusa_head.{i}...`` keys;
-- vLLM's layout (``blocks.{i}.layers.{j}.weight``, ``lm_heads.{i}.weight``).
+- vLLM's layout (``blocks.{i}.layers.{j}.weight``, ``lm_heads.{i}.weight``); blocks without a bias
+  (``medusa_fc_bias: false``) get a zero one, and an export with ``original_lm_head: true`` (one
+  ``lm_heads.0.weight``, the base ``lm_head``) is read as heads sharing the base projection.
 
 The number of heads and layers is read from the weights, never trusted from the config
 (FasterDecoding's v1.3 configs say 2 heads while the files hold 5).
@@ -125,6 +127,8 @@ def normalise_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
         key = key.removeprefix("medusa_heads.").removeprefix("medusa_head.")
         if m := re.match(r"^blocks\.(\d+)\.layers\.(\d+)\.(weight|bias)$", key):
             key = f"{m[1]}.{m[2]}.linear.{m[3]}"
+            if m[3] == "weight" and f"blocks.{m[1]}.layers.{m[2]}.bias" not in state:
+                out[f"{m[1]}.{m[2]}.linear.bias"] = tensor.new_zeros(tensor.shape[0])  # vLLM without medusa_fc_bias
         elif m := re.match(r"^lm_heads\.(\d+)\.weight$", key):
             key = f"{m[1]}.{num_layers}.weight"
         out[key] = tensor
@@ -177,6 +181,43 @@ def heads_from_state(
     return heads
 
 
-def load_heads(path: str | Path, hidden_size: int | None = None, vocab_size: int | None = None) -> MedusaHeads:
-    """Read heads in any supported layout and check them against the base model's sizes."""
-    return heads_from_state(load_heads_state(path), hidden_size, vocab_size)
+def load_heads(
+    path: str | Path,
+    hidden_size: int | None = None,
+    vocab_size: int | None = None,
+    lm_head: torch.Tensor | None = None,
+) -> MedusaHeads:
+    """Read heads in any supported layout and check them against the base model's sizes.
+
+    ``lm_head`` is the base model's output projection weight [V, H]: a lone projection among several
+    heads that equals it (vLLM's ``original_lm_head``) is dropped and the heads share the base one.
+    """
+    state = load_heads_state(path)
+    original = bool(read_heads_config(path).get("original_lm_head"))
+    return heads_from_state(_drop_original_lm_head(state, original, lm_head, vocab_size), hidden_size, vocab_size)
+
+
+def _drop_original_lm_head(
+    state: dict[str, torch.Tensor], original: bool, lm_head: torch.Tensor | None, vocab_size: int | None
+) -> dict[str, torch.Tensor]:
+    """``state`` without its single vocab projection when that projection is the base lm_head."""
+    projections = [k for k in state if _PROJ.match(k)]
+    num_heads = len({k.split(".")[0] for k in state if _BLOCK.match(k)})
+    if len(projections) != 1 or not (original or num_heads > 1):
+        return state
+    projection = state[projections[0]]
+    if vocab_size is not None and projection.shape[0] != vocab_size:
+        raise HeadsError(
+            f"Medusa heads project onto {projection.shape[0]} tokens but the base model's vocabulary has {vocab_size}"
+        )
+    if not original and not _same_weights(projection, lm_head):
+        return state  # heads_from_state names the heads without a projection
+    return {k: v for k, v in state.items() if k != projections[0]}
+
+
+def _same_weights(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    """Whether ``a`` equals ``b``, compared in the lower of their two precisions."""
+    if b is None or a.shape != b.shape:
+        return False
+    low = min(a.dtype, b.dtype, key=lambda d: torch.finfo(d).bits)
+    return torch.equal(a.to(low), b.detach().to(device="cpu", dtype=low))

@@ -44,11 +44,11 @@ class Tree:
     @property
     def size(self) -> int:
         """Number of slots, root included."""
-        return len(self.choices) + 1
+        return len(self.parents)
 
     @property
     def depth(self) -> int:
-        """Depth of the deepest node (the number of heads the tree needs)."""
+        """Depth of the deepest head node (the number of heads the tree needs)."""
         return max((len(c) for c in self.choices), default=0)
 
     def to(self, device: torch.device | str) -> Tree:
@@ -148,3 +148,27 @@ def _validate(
 def chain(depth: int) -> list[list[int]]:
     """The top-1 chain ``[[0], [0, 0], ...]`` of the given depth."""
     return [[0] * d for d in range(1, depth + 1)]
+
+
+def with_chain(tree: Tree, length: int) -> Tree:
+    """``tree`` plus a chain of ``length`` extra slots hanging from the root (a prompt-lookup draft).
+
+    The chain's slots come after the tree's; their tokens are not head proposals, so
+    ``tree_indices`` covers only the original slots.
+    """
+    if length <= 0:
+        return tree
+    size, device = tree.size, tree.parents.device
+    chain_slots = torch.arange(size, size + length, device=device)
+    parents = torch.cat([tree.parents, torch.cat([chain_slots.new_zeros(1), chain_slots[:-1]])])
+    depths = torch.cat([tree.depths, torch.arange(1, length + 1, device=device)])
+    mask = torch.zeros(size + length, size + length, dtype=torch.bool, device=device)
+    mask[:size, :size] = tree.ancestor_mask
+    mask[size:, 0] = True
+    mask[size:, size:] = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    width = max(tree.retrieve_indices.shape[1], length + 1)
+    retrieve = torch.full((tree.retrieve_indices.shape[0] + 1, width), -1, dtype=torch.long, device=device)
+    retrieve[:-1, : tree.retrieve_indices.shape[1]] = tree.retrieve_indices
+    retrieve[-1, 0] = 0
+    retrieve[-1, 1 : length + 1] = chain_slots
+    return Tree(tree.choices, parents, depths, tree.tree_indices, mask, retrieve, tree.topk)
