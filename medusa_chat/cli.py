@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from .cli_models import export_cmd, models_app
+from .training.cli import eval_heads_cmd, train_cmd
 from .tuning_cli import tune_cmd
 
 app = typer.Typer(
@@ -21,6 +22,8 @@ app = typer.Typer(
 app.add_typer(models_app, name="models")
 app.command("export")(export_cmd)
 app.command("tune")(tune_cmd)
+app.command("train")(train_cmd)
+app.command("eval-heads")(eval_heads_cmd)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -84,6 +87,15 @@ def generate(
     threads: ThreadsOpt = None,
     system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
+    acceptance: Annotated[
+        str, typer.Option("--acceptance", help="With --temperature > 0: typical (fast) or exact (lossless sampling).")
+    ] = "typical",
+    lookup: Annotated[
+        int, typer.Option("--lookup", min=0, help="Add prompt-lookup drafts of up to N tokens to the tree (0: off).")
+    ] = 0,
+    auto_fallback: Annotated[
+        bool, typer.Option("--auto-fallback", help="Decode plainly while that is measured to be faster.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")] = False,
 ) -> None:
     """Answer one prompt, streaming the text (or one JSON object with --json)."""
@@ -101,6 +113,9 @@ def generate(
         medusa=not no_medusa,
         stop_strings=loaded.stop_strings,
         seed=seed,
+        acceptance=acceptance,
+        prompt_lookup=lookup,
+        auto_fallback=auto_fallback,
     )
     if config.medusa and not loaded.generator.has_heads:
         typer.echo(f"note: {loaded.name} has no Medusa heads; decoding plainly", err=True)
@@ -112,7 +127,7 @@ def generate(
             elif not as_json:
                 sys.stdout.write(item.text)
                 sys.stdout.flush()
-    except ContextLengthError as exc:
+    except (ContextLengthError, ValueError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted")
@@ -156,15 +171,18 @@ def bench(
     quant: QuantOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
-    methods: Annotated[str, typer.Option("--methods", help="Comma-separated subset of the methods.")] = ",".join(
-        ("plain", "medusa", "hf", "hf_lookup")
-    ),
+    methods: Annotated[
+        str, typer.Option("--methods", help="Comma-separated: plain, medusa, hf, hf_lookup, hybrid (Medusa + lookup).")
+    ] = "plain,medusa,hf,hf_lookup",
+    copy: Annotated[
+        bool, typer.Option("--copy-tasks", help="Turn the prompts into tasks that copy from their context.")
+    ] = False,
     json_out: Annotated[str | None, typer.Option("--json", help="Write the full report to this file.")] = None,
 ) -> None:
     """Measure plain, Medusa, transformers generate and prompt lookup side by side, greedy."""
     from tqdm import tqdm
 
-    from .bench import METHODS, format_table, read_prompts
+    from .bench import METHODS, copy_tasks, format_table, read_prompts
     from .bench import bench as run_bench
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
@@ -174,9 +192,11 @@ def bench(
     if not prompts:
         fail("--prompts FILE.jsonl is required (for example ../shared/data/prompts/dev.jsonl)")
     try:
-        texts = read_prompts(prompts, limit)
+        texts = read_prompts(prompts, limit * 3 if copy and limit else limit)
     except (OSError, ValueError) as exc:
         fail(str(exc))
+    if copy:
+        texts = copy_tasks(texts)
     loaded = load_or_fail(model, heads=heads, tree=tree, dtype=dtype, quant=quant, device=device, threads=threads)
     bar = tqdm(total=len(texts) * len(chosen), desc="bench", unit="run", file=sys.stderr)
 

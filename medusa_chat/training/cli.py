@@ -39,6 +39,7 @@ def train_cmd(
     num_layers: int = typer.Option(1, min=1, help="Residual blocks per head."),
     shared: bool = typer.Option(True, "--shared/--per-head", help="Share the base lm_head or give each head its own."),
     targets: Targets = typer.Option(Targets.soft, help="soft: the base's distribution; hard: its greedy token."),
+    full_vocab: bool = typer.Option(False, "--full-vocab", help="Softmax over all tokens, not the data's shortlist."),
     epochs: int = typer.Option(2, min=1),
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warm-up then cosine)."),
     batch_size: int = typer.Option(256, min=1, help="Token positions per optimizer step."),
@@ -56,8 +57,8 @@ def train_cmd(
     _threads(threads)
     config = TrainConfig(
         model=model, prompts=str(prompts), dev_prompts=str(dev_prompts), out=str(out), num_heads=num_heads,
-        num_layers=num_layers, shared_projection=shared, targets=targets.value, epochs=epochs, lr=lr,
-        batch_size=batch_size, max_tokens=max_tokens, num_prompts=num_prompts, device=device,
+        num_layers=num_layers, shared_projection=shared, targets=targets.value, full_vocab=full_vocab, epochs=epochs,
+        lr=lr, batch_size=batch_size, max_tokens=max_tokens, num_prompts=num_prompts, device=device,
         eval_limit=eval_limit, checkpoint_every=checkpoint_every,
         command=shlex.join(["medusa-chat", *sys.argv[1:]]),
     )

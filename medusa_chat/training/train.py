@@ -5,6 +5,8 @@ frozen base runs once over those sequences (:mod:`.features`, cached), then only
 train on the cached hidden states: head i at row t predicts token t+2+i, loss weighted 0.8**i.
 Targets are either the base's own distribution at the target position (``soft``: cross-entropy
 to its renormalised top-20, i.e. KL up to a constant) or the greedy token itself (``hard``).
+By default the softmax runs over a shortlist (every token of the data or of the base's top-5
+anywhere in it): a few times less vocab-projection work on a CPU; ``full_vocab`` uses all tokens.
 The output directory always holds the latest heads (project format); ``training_state.pt``
 next to them (optimizer, step) lets ``resume`` continue an interrupted run, and is removed when
 the run completes, when the model card is written.
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 STATE_FILE = "training_state.pt"
 DECAY = 0.8
 WARMUP = 0.03
+SHORTLIST_TOP_K = 5
 
 
 @dataclass
@@ -47,6 +50,7 @@ class TrainConfig:
     num_layers: int = 1
     shared_projection: bool = True
     targets: str = "soft"
+    full_vocab: bool = False
     epochs: int = 2
     lr: float = 1e-3
     batch_size: int = 256
@@ -61,8 +65,8 @@ class TrainConfig:
     command: str = ""
 
     # Settings that must match for --resume to continue a run.
-    RESUME_KEYS = ("model", "prompts", "num_heads", "num_layers", "shared_projection", "targets", "epochs", "lr",
-                   "batch_size", "max_tokens", "num_prompts", "seed")
+    RESUME_KEYS = ("model", "prompts", "num_heads", "num_layers", "shared_projection", "targets", "full_vocab",
+                   "epochs", "lr", "batch_size", "max_tokens", "num_prompts", "seed")
 
 
 def lr_at(step: int, total: int, peak: float) -> float:
@@ -74,17 +78,42 @@ def lr_at(step: int, total: int, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+@dataclass
+class Vocab:
+    """The softmax's vocabulary: ``ids`` (sorted token ids) and ``index`` (token id -> column, -1 if absent)."""
+
+    ids: torch.Tensor
+    index: torch.Tensor
+
+    @classmethod
+    def build(cls, feats: Features, vocab_size: int, full: bool) -> Vocab:
+        """All tokens, or the shortlist of tokens in the data or in the base's top-5 anywhere in it."""
+        import torch
+
+        if full:
+            ids = torch.arange(vocab_size, device=feats.tokens.device)
+        else:
+            top = feats.teacher_ids[:, :SHORTLIST_TOP_K].flatten().long()
+            ids = torch.cat([feats.tokens[feats.tokens >= 0], top]).unique()
+        index = torch.full((vocab_size,), -1, dtype=torch.long, device=ids.device)
+        index[ids] = torch.arange(len(ids), device=ids.device)
+        return cls(ids, index)
+
+
 def head_losses(
-    heads: MedusaHeads, projection: torch.Tensor, feats: Features, rows: torch.Tensor, soft: bool
+    heads: MedusaHeads, projection: torch.Tensor, vocab: Vocab, feats: Features, rows: torch.Tensor, soft: bool
 ) -> tuple[torch.Tensor, list[float]]:
-    """Weighted loss for a batch of rows, plus each head's top-1 accuracy against the greedy token."""
+    """Weighted loss for a batch of rows, plus each head's top-1 accuracy against the greedy token.
+
+    ``projection`` holds the base lm_head rows of ``vocab`` (used when the heads share it).
+    """
     import torch
     import torch.nn.functional as F
 
     k = heads.num_heads
     x = feats.hidden[rows].float()
-    hidden = heads.hidden(x)  # [K, B, H]
-    logits = hidden @ projection.T if heads.shared_projection else heads(x)  # [K, B, V]
+    # [K, B, |vocab|]
+    logits = heads.hidden(x) @ projection.T if heads.shared_projection else heads(x)[..., vocab.ids]
     logp = torch.log_softmax(logits, dim=-1)
     total = torch.zeros((), device=x.device)
     accs = []
@@ -94,11 +123,12 @@ def head_losses(
             accs.append(float("nan"))
             continue
         lp = logp[i][valid]
-        target = feats.tokens[rows[valid], 2 + i]
+        target = vocab.index[feats.tokens[rows[valid], 2 + i]]
         if soft:
             teacher = rows[valid] + 1 + i
-            p = torch.softmax(feats.teacher_logp[teacher].float(), dim=-1)
-            loss = -(p * lp.gather(1, feats.teacher_ids[teacher].long())).sum(-1).mean()
+            columns = vocab.index[feats.teacher_ids[teacher].long()]  # -1: outside the shortlist, dropped
+            p = torch.softmax(feats.teacher_logp[teacher].float().masked_fill(columns < 0, -torch.inf), dim=-1)
+            loss = -(p * lp.gather(1, columns.clamp(min=0))).sum(-1).mean()
         else:
             loss = F.nll_loss(lp, target)
         total = total + DECAY**i * loss
@@ -169,7 +199,9 @@ def train(
 
     heads = MedusaHeads(hidden_size, vocab_size, config.num_heads, config.num_layers, config.shared_projection)
     lm_head = base.get_output_embeddings()
-    projection = lm_head.weight.detach().float()
+    vocab = Vocab.build(feats, vocab_size, config.full_vocab)
+    projection = lm_head.weight.detach()[vocab.ids].float()
+    log(f"softmax over {len(vocab.ids)} of {vocab_size} tokens")
     heads.init_projections_from(lm_head)
     heads.float().to(device)
     optimizer = torch.optim.AdamW(heads.parameters(), lr=config.lr, weight_decay=0.0)
@@ -194,7 +226,7 @@ def train(
         rows = rows_all[order[index * config.batch_size : (index + 1) * config.batch_size].to(device)]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total_steps, config.lr)
-        loss, accs = head_losses(heads, projection, feats, rows, soft)
+        loss, accs = head_losses(heads, projection, vocab, feats, rows, soft)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -301,6 +333,8 @@ def model_card(
         f"- targets: **{config.targets}** "
         + ("(cross-entropy to the base's own top-20 distribution at the target position, renormalised)"
            if config.targets == "soft" else "(the base's greedy token)"),
+        "- softmax over "
+        + ("the full vocabulary" if config.full_vocab else "the tokens of the data or of the base's top-5 anywhere"),
         f"- loss: sum over heads of 0.8**i x loss of head i; AdamW, lr {config.lr}, 3 % warm-up then cosine;"
         f" {config.epochs} epoch(s) of batches of {config.batch_size} positions",
         f"- wall time: {seconds / 60:.1f} min on {config.device} (including data generation unless cached)",
