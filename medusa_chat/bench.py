@@ -15,8 +15,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-METHODS = ("plain", "medusa", "hf", "hf_lookup")
+METHODS = ("plain", "medusa", "hf", "hf_lookup", "hybrid")
+DEFAULT_METHODS = ("plain", "medusa", "hf", "hf_lookup")
 LOOKUP_TOKENS = 10
+COPY_TASKS = (
+    "Repeat the following questions word for word, one per line:\n\n{text}",
+    "Number the following questions 1, 2, 3 without changing a single word:\n\n{text}",
+    "Quote each of these questions back to me exactly, in double quotes:\n\n{text}",
+)
 
 
 @dataclass
@@ -52,17 +58,27 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
     return prompts
 
 
-def run_engine(loaded, ids: list[int], max_new_tokens: int, medusa: bool) -> Run:
+def copy_tasks(prompts: list[str], per_task: int = 3) -> list[str]:
+    """Prompts whose answers copy from their context (repeat, number, quote), built from ``prompts``."""
+    tasks = []
+    for i in range(0, len(prompts) - per_task + 1, per_task):
+        text = "\n".join(p.strip().replace("\n", " ") for p in prompts[i : i + per_task])
+        tasks.append(COPY_TASKS[len(tasks) % len(COPY_TASKS)].format(text=text))
+    return tasks
+
+
+def run_engine(loaded, ids: list[int], max_new_tokens: int, medusa: bool, lookup: int = 0) -> Run:
     """Our generator, greedy, from an empty cache."""
     from .engine.generator import GenerationConfig
 
     gen = loaded.generator
     gen.reset()
+    config = GenerationConfig(max_new_tokens=max_new_tokens, medusa=medusa, prompt_lookup=lookup)
     started = time.perf_counter()
-    stats = gen.generate(ids, GenerationConfig(max_new_tokens=max_new_tokens, medusa=medusa))
+    stats = gen.generate(ids, config)
     seconds = time.perf_counter() - started
     gen.reset()
-    method = "medusa" if medusa else "plain"
+    method = "hybrid" if lookup else ("medusa" if medusa else "plain")
     return Run(method, stats.new_tokens, seconds, stats.steps, stats.decode_time, stats.token_ids)
 
 
@@ -97,6 +113,7 @@ RUNNERS: dict[str, Callable] = {
     "medusa": lambda m, ids, n: run_engine(m, ids, n, medusa=True),
     "hf": lambda m, ids, n: run_hf(m, ids, n, lookup=False),
     "hf_lookup": lambda m, ids, n: run_hf(m, ids, n, lookup=True),
+    "hybrid": lambda m, ids, n: run_engine(m, ids, n, medusa=True, lookup=LOOKUP_TOKENS),
 }
 
 
@@ -104,7 +121,7 @@ def bench(
     loaded,
     prompts: list[str],
     max_new_tokens: int = 128,
-    methods: Iterable[str] = METHODS,
+    methods: Iterable[str] = DEFAULT_METHODS,
     on_run: Callable[[int, Run], None] | None = None,
 ) -> dict:
     """Run every method on every prompt (rotating the order per prompt) and summarise."""
@@ -152,6 +169,7 @@ def summarise(loaded, prompts: list[str], per_prompt: list[dict[str, Run]], meth
     has = set(methods)
     summary["speedup_vs_plain"] = _ratio(speed, "medusa", "plain")
     summary["speedup_vs_hf"] = _ratio(speed, "medusa", "hf")
+    summary["speedup_hybrid_vs_medusa"] = _ratio(speed, "hybrid", "medusa")
     if {"medusa", "plain"} <= has:
         medusa_runs = [r["medusa"] for r in per_prompt]
         summary["mean_accepted"] = round(
@@ -190,6 +208,8 @@ def summarise(loaded, prompts: list[str], per_prompt: list[dict[str, Run]], meth
             row[m] = data
         if {"medusa", "plain"} <= has:
             row["identical"] = runs["medusa"].token_ids == runs["plain"].token_ids
+        if {"hybrid", "plain"} <= has:
+            row["hybrid_identical"] = runs["hybrid"].token_ids == runs["plain"].token_ids
         rows.append(row)
     return {"summary": summary, "prompts": rows}
 
@@ -217,7 +237,9 @@ def format_table(report: dict) -> str:
     for m in METHODS:
         if s.get(f"{m}_tok_s") is not None:
             lines.append(f"{m:12s} {s[f'{m}_tok_s']:14.2f} {s[f'{m}_tok_s_median']:15.2f}")
-    for key in ("speedup_vs_plain", "speedup_vs_hf", "mean_accepted", "step_overhead", "identical_fraction"):
+    keys = ("speedup_vs_plain", "speedup_vs_hf", "speedup_hybrid_vs_medusa", "mean_accepted", "step_overhead",
+            "identical_fraction")
+    for key in keys:
         if s.get(key) is not None:
             lines.append(f"{key:20s} {s[key]:.3f}")
     st = s["settings"]
