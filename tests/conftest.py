@@ -24,3 +24,22 @@ def tiny_model_dir(tmp_path_factory):
     from tests.tiny import write_tiny_model_dir
 
     return write_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory):
+    """A cache directory holding the converted offline default model, converted once per test session.
+
+    A finished conversion in the user's own cache is linked rather than redone (it is only read).
+    """
+    from medusa_chat import default_model
+    from medusa_chat.paths import cache_dir
+
+    root = tmp_path_factory.mktemp("smollm2-cache")
+    user_copy = cache_dir() / default_model.NAME
+    if default_model.is_complete(user_copy):
+        (root / default_model.NAME).symlink_to(user_copy, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDUSA_CHAT_CACHE_DIR", str(root))
+        default_model.ensure_converted()
+    return root

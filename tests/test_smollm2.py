@@ -1,0 +1,77 @@
+"""End to end on the real offline default model (SmolLM2-135M-Instruct) with the shipped heads, on the CPU."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medusa_chat.bench import copy_tasks, read_prompts
+from medusa_chat.engine.generator import GenerationConfig
+from medusa_chat.loading import load_model
+
+pytestmark = pytest.mark.slow
+DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts" / "dev.jsonl"
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_cache):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDUSA_CHAT_CACHE_DIR", str(smollm2_cache))
+        return load_model("smollm2-135m-instruct", dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    if DEV.is_file():
+        return read_prompts(DEV, 12)
+    return [  # the same kind of prompts, for checkouts without ../shared
+        "What is the best modern motorcycle for a beginning rider?",
+        "What is a less known rule or move in Chess?",
+        "Give me three tips for staying focused while studying.",
+    ]
+
+
+def answer(loaded, prompt: str, **config):
+    loaded.generator.reset()
+    ids = loaded.chat_ids([{"role": "user", "content": prompt}])
+    return loaded.generator.generate(ids, GenerationConfig(max_new_tokens=48, **config))
+
+
+def test_loads_from_the_package_with_the_shipped_heads(smollm2):
+    assert smollm2.name == "smollm2-135m-instruct"
+    assert smollm2.num_heads >= 3 and smollm2.tree_name
+    card = json.loads((Path(smollm2.spec.heads_dir()) / "config.json").read_text())
+    assert card["medusa_num_heads"] == smollm2.num_heads
+
+
+def test_medusa_output_equals_plain_and_heads_are_accepted(smollm2, prompts):
+    tokens = steps = 0
+    for prompt in prompts[:3]:
+        plain = answer(smollm2, prompt, medusa=False)
+        medusa = answer(smollm2, prompt)
+        assert medusa.token_ids == plain.token_ids, prompt
+        assert medusa.text == plain.text
+        tokens += medusa.new_tokens
+        steps += medusa.steps
+    assert tokens / steps > 1.5
+
+
+def test_prompt_lookup_drafts_help_on_copying_tasks(smollm2, prompts):
+    task = copy_tasks(prompts[3:6])[0]
+    plain = answer(smollm2, task, medusa=False)
+    heads = answer(smollm2, task)
+    hybrid = answer(smollm2, task, prompt_lookup=10)
+    assert hybrid.token_ids == heads.token_ids == plain.token_ids
+    assert hybrid.mean_accepted > heads.mean_accepted + 0.5
+
+
+def test_next_turn_reuses_the_conversation_cache(smollm2):
+    gen = smollm2.generator
+    gen.reset()
+    turn1 = [{"role": "user", "content": "Name a colour."}]
+    first = gen.generate(smollm2.chat_ids(turn1), GenerationConfig(max_new_tokens=16))
+    turn2 = [*turn1, {"role": "assistant", "content": first.text}, {"role": "user", "content": "And another?"}]
+    ids = smollm2.chat_ids(turn2)
+    second = gen.generate(ids, GenerationConfig(max_new_tokens=16))
+    assert second.reused_tokens >= len(smollm2.chat_ids(turn1))
+    assert second.prompt_tokens == len(ids)
