@@ -6,8 +6,10 @@ worker while the chat screen is already usable. No torch import happens in this 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -70,6 +72,8 @@ def describe_error(exc: BaseException) -> str:
         return f"Network error: {text}"
     if name == "OutOfMemoryError" or "out of memory" in text.lower():
         return "Out of memory: try a smaller precision (4-bit/8-bit) or a smaller model."
+    if name in ("LoadError", "CatalogError", "HeadsError", "TreeError", "DefaultModelError"):
+        return text
     if isinstance(exc, ImportError):
         return f"A package is missing: {text}"
     return f"{name}: {text}"
@@ -82,7 +86,7 @@ class MedusaChatApp(App[None]):
     CSS_PATH = "app.tcss"
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+t", "toggle_medusa", "Medusa on/off", priority=True, id="medusa.toggle",
+        Binding("ctrl+t", "toggle_medusa", "Medusa", priority=True, id="medusa.toggle",
                 tooltip="Turn Medusa decoding on or off (works while typing)"),
         Binding("f1", "help", "Help", id="app.help"),
         Binding("ctrl+o", "models", "Models", id="app.models"),
@@ -97,6 +101,8 @@ class MedusaChatApp(App[None]):
         quant: str | None = None,
         theme: str | None = None,
         tree: str | None = None,
+        dtype: str | None = None,
+        heads: str | None = None,
         engine_factory: EngineFactory | None = None,
         store: Store | None = None,
         settings: Settings | None = None,
@@ -119,6 +125,8 @@ class MedusaChatApp(App[None]):
             model=model or settings.model or DEFAULT_MODEL,
             quant=quant if quant is not None else (settings.quant or None),
             tree=tree or (settings.tree if settings.tree != settings_mod.TREE_AUTO else None),
+            dtype=dtype,
+            heads=heads,
         )
         self.requested_theme = theme
         self.medusa = settings.medusa
@@ -259,7 +267,8 @@ class MedusaChatApp(App[None]):
     @work(thread=True, group="load", exit_on_error=False)
     def _load(self, request: LoadRequest, seq: int) -> None:
         try:
-            loaded = self.engine_factory(request)
+            progress = lambda text: self.post_message(LoadProgress(seq, f"{request.model}: {text}"))  # noqa: E731
+            loaded = self.engine_factory(replace(request, progress=progress))
             baseline = None
             if self.calibrate:
                 self.post_message(LoadProgress(seq, f"Measuring plain decoding speed of {loaded.name}…"))
@@ -281,7 +290,12 @@ class MedusaChatApp(App[None]):
     def _on_model_loaded(self, message: ModelLoaded) -> None:
         if message.seq != self._load_seq:
             return
-        self.loaded = message.loaded
+        previous, self.loaded = self.loaded, message.loaded
+        if previous is not None and previous is not message.loaded and hasattr(previous, "unload"):
+            chat = self.chat_screen
+            if chat is None or not chat.busy:
+                with contextlib.suppress(Exception):
+                    previous.unload()
         self.baseline_tps = message.baseline if message.baseline and message.baseline > 0 else None
         self.loading = False
         self.load_error = None
@@ -291,9 +305,10 @@ class MedusaChatApp(App[None]):
             self.settings.model = message.request.model
             self.settings.quant = message.request.quant or ""
             self.save_settings()
+        for note in getattr(self.loaded, "notes", []) or []:
+            self.notify(str(note), severity="warning", timeout=8)
         if not getattr(self.loaded.generator, "has_heads", True) and self.medusa:
             self.notify("This model has no Medusa heads: decoding is plain.", severity="warning")
-        self.notify(f"Loaded {self.loaded.name}", timeout=3)
         self.refresh_chat()
 
     @on(ModelLoadFailed)
@@ -436,7 +451,12 @@ def run_app(
     quant: str | None = None,
     theme: str | None = None,
     tree: str | None = None,
+    dtype: str | None = None,
+    heads: str | None = None,
     engine_factory: EngineFactory | None = None,
 ) -> None:
-    """Run the TUI (the CLI's default command)."""
-    MedusaChatApp(model=model, quant=quant, theme=theme, tree=tree, engine_factory=engine_factory).run()
+    """Run the TUI (the CLI's default command): opens directly on ``model`` (loaded in the background)."""
+    app = MedusaChatApp(
+        model=model, quant=quant, theme=theme, tree=tree, dtype=dtype, heads=heads, engine_factory=engine_factory
+    )
+    app.run()

@@ -36,11 +36,15 @@ class LoadedLike(Protocol):
 
 @dataclass(frozen=True)
 class LoadRequest:
+    """What to load. ``dtype``: auto | fp32 | bf16 | fp16; ``quant``: none | 4bit | 8bit."""
+
     model: str
     quant: str | None = None
     tree: str | None = None
     dtype: str | None = None
     device: str | None = None
+    heads: str | None = None
+    progress: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
 
 EngineFactory = Callable[[LoadRequest], LoadedLike]
@@ -51,7 +55,13 @@ def default_engine_factory(request: LoadRequest) -> LoadedLike:
     from ..loading import load_model
 
     return load_model(
-        request.model, dtype=request.dtype, device=request.device, quant=request.quant, tree=request.tree
+        request.model,
+        heads=request.heads,
+        dtype=request.dtype,
+        device=request.device,
+        quant=request.quant,
+        tree=request.tree,
+        progress=request.progress,
     )
 
 
@@ -60,6 +70,9 @@ def generation_config(loaded: Any, **kwargs: Any) -> Any:
     cls = getattr(loaded, "config_class", None)
     if cls is None:
         from ..engine.generator import GenerationConfig as cls
+    stop_strings = tuple(getattr(loaded, "stop_strings", ()) or ())
+    if stop_strings and "stop_strings" not in kwargs:
+        kwargs["stop_strings"] = stop_strings
     return cls(**kwargs)
 
 

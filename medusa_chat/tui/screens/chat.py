@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -25,7 +25,6 @@ from ..widgets.prompt import PromptInput
 if TYPE_CHECKING:
     from ..app import MedusaChatApp
 
-POST_INTERVAL = 1 / 30  # coalesce step events to at most ~30 UI updates per second
 BASELINE_MIN_TOKENS = 8  # a plain run refreshes the measured plain speed when it is at least this long
 
 
@@ -39,6 +38,8 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     stopped: bool = False
     done: bool = False
+    queue: deque[tuple[StepEvent | GenerationStats, list[tuple[str, bool]]]] = field(default_factory=deque)
+    wake_pending: bool = False
 
 
 @dataclass
@@ -58,19 +59,12 @@ class CompareResult:
         return self.medusa.tokens_per_s / plain if plain > 0 else None
 
 
-class Streamed(Message):
-    def __init__(self, job_id: int, events: list[StepEvent], segments: list[tuple[str, bool]]) -> None:
+class Drain(Message):
+    """Wake-up for the UI: items are waiting in the job's queue."""
+
+    def __init__(self, job_id: int) -> None:
         super().__init__()
         self.job_id = job_id
-        self.events = events
-        self.segments = segments
-
-
-class Finished(Message):
-    def __init__(self, job_id: int, stats: GenerationStats) -> None:
-        super().__init__()
-        self.job_id = job_id
-        self.stats = stats
 
 
 class Failed(Message):
@@ -103,7 +97,7 @@ class ChatScreen(Screen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "stop", "Stop", priority=True, id="generation.stop", tooltip="Stop the generation"),
         Binding("ctrl+n", "new_chat", "New chat", priority=True, id="chat.new"),
-        Binding("ctrl+r", "regenerate", "Regenerate", priority=True, id="chat.regenerate"),
+        Binding("ctrl+r", "regenerate", "Regenerate", priority=True, id="chat.regenerate", show=False),
         Binding("ctrl+b", "compare", "Compare", priority=True, id="chat.compare",
                 tooltip="Re-run the last prompt with Medusa off and on, side by side"),
         Binding("ctrl+g", "colour", "Colour tokens", priority=True, id="chat.colour", show=False,
@@ -146,6 +140,11 @@ class ChatScreen(Screen):
         self.query_one("#transcript", VerticalScroll).anchor()
         self.system_prompt = self.chat_app.settings.system_prompt
         self.refresh_status()
+
+    def on_unmount(self) -> None:
+        # Quitting (or tearing the screen down) stops any generation at its next step.
+        if self.job is not None:
+            self.job.cancel.set()
 
     # --- status -----------------------------------------------------------------------------------
 
@@ -234,46 +233,53 @@ class ChatScreen(Screen):
 
     @work(thread=True, exclusive=False, group="generate", exit_on_error=False)
     def _generate(self, job: Job, messages: list[dict[str, str]], kwargs: dict[str, Any]) -> None:
+        """Worker thread: runs the engine and hands its events to the UI through ``job.queue``.
+
+        Coalescing: one ``Drain`` message is in flight at a time; the UI drains everything queued
+        so far, so a fast engine never floods the UI and a slow UI never lags behind by more than one drain.
+        """
         loaded = self.chat_app.loaded
         try:
             assert loaded is not None
             ids = loaded.chat_ids(messages)
             config = generation_config(loaded, **kwargs)
-            batch: list[StepEvent] = []
-            segments: list[tuple[str, bool]] = []
-            last_post = 0.0
             for item in loaded.generator.stream(ids, config, job.cancel):
-                if isinstance(item, StepEvent):
-                    batch.append(item)
-                    segments.extend(token_segments(loaded, item))
-                    now = time.monotonic()
-                    if now - last_post >= POST_INTERVAL:
-                        self.post_message(Streamed(job.id, batch, segments))
-                        batch, segments, last_post = [], [], now
-                else:
-                    if batch:
-                        self.post_message(Streamed(job.id, batch, segments))
-                        batch, segments = [], []
-                    self.post_message(Finished(job.id, item))
+                segments = token_segments(loaded, item) if isinstance(item, StepEvent) else []
+                job.queue.append((item, segments))
+                if not job.wake_pending:
+                    job.wake_pending = True
+                    self.post_message(Drain(job.id))
         except Exception as exc:
             self.post_message(Failed(job.id, exc))
 
-    @on(Streamed)
-    async def on_streamed(self, message: Streamed) -> None:
-        job = self.job
-        if job is None or job.id != message.job_id or job.stopped or job.view is None:
-            return
-        for event in message.events:
-            job.gauges.add(event)
-        await job.view.append("".join(e.text for e in message.events), message.segments)
-        self.query_one(GaugeBar).show(job.gauges, job.gauges.medusa, job.gauges.baseline_tps)
-
-    @on(Finished)
-    async def on_finished(self, message: Finished) -> None:
+    @on(Drain)
+    async def on_drain(self, message: Drain) -> None:
         job = self.job
         if job is None or job.id != message.job_id:
             return
-        stats = message.stats
+        await self._drain(job)
+
+    async def _drain(self, job: Job) -> None:
+        job.wake_pending = False
+        events: list[StepEvent] = []
+        segments: list[tuple[str, bool]] = []
+        final: GenerationStats | None = None
+        while job.queue:
+            item, item_segments = job.queue.popleft()
+            if isinstance(item, StepEvent):
+                events.append(item)
+                segments.extend(item_segments)
+            else:
+                final = item
+        if events and not job.stopped and job.view is not None:
+            for event in events:
+                job.gauges.add(event)
+            await job.view.append("".join(e.text for e in events), segments)
+            self.query_one(GaugeBar).show(job.gauges, job.gauges.medusa, job.gauges.baseline_tps)
+        if final is not None:
+            await self._finished(job, final)
+
+    async def _finished(self, job: Job, stats: GenerationStats) -> None:
         job.done = True
         if job.stopped:
             await self._after_job()
@@ -297,6 +303,7 @@ class ChatScreen(Screen):
         job = self.job
         if job is None or job.id != message.job_id:
             return
+        await self._drain(job)
         job.done = True
         error = message.error
         if is_context_error(error):

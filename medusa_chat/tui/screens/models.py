@@ -24,14 +24,14 @@ if TYPE_CHECKING:
     from ..app import MedusaChatApp
 
 PRECISIONS: list[tuple[str, str, float]] = [
-    # (label, value, bytes per parameter)
+    # (label, value, bytes per parameter); 4/8-bit need a CUDA GPU (bitsandbytes)
     ("auto", "auto", 0.0),
     ("4-bit", "4bit", 0.5),
     ("8-bit", "8bit", 1.0),
     ("fp16", "fp16", 2.0),
     ("fp32", "fp32", 4.0),
 ]
-OVERHEAD = 1.2  # activations, KV cache and heads on top of the weights
+OVERHEAD = 1.2  # activations, KV cache and heads on top of the weights (as medusa_chat.memory)
 
 
 def human_bytes(n: float) -> str:
@@ -53,23 +53,23 @@ def human_eta(seconds: float | None) -> str:
 
 
 def machine_memory() -> int:
-    """Physical memory of this machine in bytes (0 if unknown)."""
+    """Memory available to run a model here, in bytes: the GPU's when there is one, else RAM (0 if unknown).
+
+    Called from the catalogue worker thread (``memory.detect_device`` imports torch).
+    """
     try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return 0
+        from ...memory import detect_device
+
+        return int(detect_device().available_bytes)
+    except Exception:
+        try:
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            return 0
 
 
 def estimate(params: int, bytes_per_param: float) -> int:
     """Memory to run a model: weights at the precision plus an overhead."""
-    try:
-        from ... import memory  # type: ignore[attr-defined]
-
-        fn = getattr(memory, "estimate_bytes", None)
-        if fn is not None:
-            return int(fn(params, bytes_per_param))
-    except Exception:
-        pass
     return int(params * bytes_per_param * OVERHEAD)
 
 
@@ -77,7 +77,7 @@ def request_for(name: str, precision: str) -> LoadRequest:
     if precision in ("4bit", "8bit"):
         return LoadRequest(model=name, quant=precision)
     if precision in ("fp16", "fp32"):
-        return LoadRequest(model=name, dtype={"fp16": "float16", "fp32": "float32"}[precision])
+        return LoadRequest(model=name, dtype=precision)
     return LoadRequest(model=name)
 
 
@@ -161,7 +161,7 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
         self.rows: dict[str, Row] = {}
         self.downloading: str | None = None
         self.cancel = threading.Event()
-        self.memory = machine_memory()
+        self.memory = 0
 
     @property
     def chat_app(self) -> MedusaChatApp:
@@ -197,6 +197,7 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
     @work(thread=True, group="catalog", exclusive=True, exit_on_error=False)
     def _scan(self) -> None:
         try:
+            self.memory = machine_memory()
             self.post_message(CatalogScanned(scan_catalog(), None))
         except Exception as exc:
             self.post_message(CatalogScanned([], f"Catalogue unavailable: {exc}"))
@@ -219,7 +220,7 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
             cells = [label, state, human_bytes(row.size)]
             cells += [self._memory_cell(row.params, b) for _, _, b in PRECISIONS[1:]]
             table.add_row(*cells, key=row.name)
-        memory = f"this machine: {human_bytes(self.memory)} RAM" if self.memory else ""
+        memory = f"available here: {human_bytes(self.memory)}" if self.memory else "memory unknown"
         text = message.error or (
             f"{len(message.rows)} models · memory per precision (✓ fits, ✗ does not; {memory}) · "
             "Enter loads · d downloads · c cancels"

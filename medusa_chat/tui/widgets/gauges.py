@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal
-from textual.widgets import Sparkline, Static
+from textual.widgets import Static
 
-from ..engine import Gauges
+from ..engine import Gauges, sparkline
 
 SPEEDUP_HELP = (
     "Speedup is measured, not assumed: tokens/s of this answer divided by the plain-decoding tokens/s "
@@ -26,6 +26,9 @@ def speedup_text(gauges: Gauges) -> str:
     return f"speedup {speedup:.2f}×"
 
 
+SPARK_WIDTH = 12
+
+
 class GaugeBar(Horizontal):
     """Live while streaming; shows the last finished answer's figures when idle."""
 
@@ -36,7 +39,7 @@ class GaugeBar(Horizontal):
     def compose(self) -> ComposeResult:
         yield Static("", id="gauge-mode")
         yield Static("", id="gauge-accepted")
-        yield Sparkline([], id="gauge-spark")
+        yield Static("", id="gauge-spark")
         yield Static("", id="gauge-tps")
         yield Static("", id="gauge-speedup")
 
@@ -52,17 +55,17 @@ class GaugeBar(Horizontal):
         mode.set_class(medusa, "-on")
         mode.set_class(not medusa, "-off")
         accepted = self.query_one("#gauge-accepted", Static)
-        spark = self.query_one("#gauge-spark", Sparkline)
+        spark = self.query_one("#gauge-spark", Static)
         tps = self.query_one("#gauge-tps", Static)
         speedup = self.query_one("#gauge-speedup", Static)
-        base = f" (plain {baseline:.1f} tok/s)" if baseline else " (plain: measuring…)"
+        base = f" · plain {baseline:.1f} tok/s" if baseline else " · plain speed: measuring…"
         if gauges is None or gauges.steps == 0:
             accepted.update("accepted/step –")
-            spark.data = []
+            spark.update("")
             tps.update("– tok/s")
             speedup.update("speedup –" + base)
             return
         accepted.update(f"accepted/step {gauges.current} · mean {gauges.mean_accepted:.2f}")
-        spark.data = [float(v) for v in gauges.recent]
+        spark.update(sparkline(gauges.recent, width=SPARK_WIDTH))
         tps.update(f"{gauges.tokens_per_s:.1f} tok/s")
         speedup.update(speedup_text(gauges) + base)
