@@ -1,24 +1,36 @@
 """From a ``--model`` value to a ready :class:`LoadedModel`: weights, tokenizer, heads, tree, chat template.
 
+Where the files are: :func:`medusa_chat.hub.local_files` maps every catalogue layout to a model dir
+and a heads path (nothing is fetched here: a model not in the cache gives a :class:`LoadError` naming
+``medusa-chat models download``); the packaged default model is converted from its GGUF once.
+
 Device and precision: CUDA when present, else CPU. ``dtype`` "auto" picks bf16 on a CPU with native
 bf16 instructions (tree verification costs little more than one token there) and fp32 otherwise;
-fp16 on CUDA. ``quant`` "4bit"/"8bit" loads the base through bitsandbytes (CUDA only); the heads stay
-in half precision.
+fp16 on CUDA. ``quant`` "4bit" (nf4) / "8bit" loads the base through bitsandbytes (CUDA only); the
+heads stay in half precision. Before any weight is read the memory the model needs is estimated
+(:mod:`medusa_chat.memory`) and a model that clearly cannot fit is refused with the nearest choice
+that does; an out-of-memory error while loading frees the partial model and becomes a
+:class:`LoadError`.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
+import math
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .catalog import ModelSpec, chat_template_for, resolve
+from .catalog import ModelSpec, catalog, chat_template_for, resolve
+from .memory import OVERHEAD, cpu_memory, estimate_bytes
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 QUANTS = ("none", "4bit", "8bit")
 CALIBRATION_PROMPT = "Write a short paragraph about the sea."
+_HEAD_KEY_PREFIXES = ("medusa_head.", "blocks.", "lm_heads.")
 
 
 class LoadError(RuntimeError):
@@ -51,13 +63,22 @@ class LoadedModel:
         return heads.num_heads if heads is not None else 0
 
     def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of ``messages`` (role/content dicts) rendered with the chat template, ready to answer."""
+        """Token ids of ``messages`` (role/content dicts) rendered with the chat template, ready to answer.
+
+        Exactly one BOS token starts the ids when the template writes one (``{{ bos_token }}``) or the
+        tokenizer adds one by default; none when neither does.
+        """
         text = self.tokenizer.apply_chat_template(
             messages, chat_template=self.chat_template, add_generation_prompt=True, tokenize=False
         )
-        bos = self.tokenizer.bos_token
-        add_special = not (bos and text.startswith(bos))
-        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        bos, bos_id = self.tokenizer.bos_token, self.tokenizer.bos_token_id
+        if not bos or bos_id is None:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        wants_bos = text.startswith(bos) or _adds_bos(self.tokenizer)
+        while text.startswith(bos):
+            text = text[len(bos) :]
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return [bos_id, *ids] if wants_bos else ids
 
     def calibrate(self, tokens: int = 16) -> float:
         """Plain greedy decoding speed (tokens/s) on a short fixed prompt: the speedup gauge's baseline."""
@@ -87,57 +108,55 @@ def load_model(
     """Load ``model`` (catalogue name, local directory or cached Hub repo) with its Medusa heads.
 
     ``heads`` overrides where the heads come from (a directory or file in any supported format).
-    ``progress`` receives short phase strings.
+    ``progress`` receives short phase strings. Expected failures raise :class:`LoadError` (or the
+    catalogue's, heads' and tree's own errors) and leave nothing of the model in memory.
     """
     import torch
-
-    from .engine.generator import Generator
-    from .engine.heads_io import load_heads
 
     report = progress or (lambda _msg: None)
     started = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
     spec = resolve(model)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _choose_device(device)
     quant = quant or "none"
-    dtype_name = _choose_dtype(dtype or "auto", device)
-    _check_quant(quant, device)
-
-    base_path = _base_path(spec, report)
-    report(f"loading {spec.label} ({dtype_name}{'' if quant == 'none' else ', ' + quant}) on {device}")
+    dtype_name = _choose_dtype(dtype or "auto", device, quant)
+    bnb_problem = _bnb_problem() if device != "cpu" else "no CUDA GPU"
+    _check_quant(quant, device, bnb_problem)
+    can_quantise = bnb_problem is None
+    available = _available_bytes(device)
+    notes = _check_memory(spec, spec.params, device, dtype_name, quant, available, can_quantise)
+    params = spec.params
     try:
-        base, tokenizer = _load_base(base_path, device, dtype_name, quant)
-    except torch.OutOfMemoryError as exc:
+        model_dir, heads_path = _locate(spec, heads, report)
+        if not params:
+            params = _stored_params([model_dir, *([heads_path] if heads_path else [])])
+            notes = _check_memory(spec, params, device, dtype_name, quant, available, can_quantise)
+        loaded = _assemble(spec, model_dir, heads_path, device, dtype_name, quant, tree, report)
+    except Exception as exc:
+        traceback.clear_frames(exc.__traceback__)  # the frames hold the partial model: let it go now
         free_memory()
-        raise LoadError(f"out of memory loading {spec.label} on {device}: try --quant 4bit or a smaller model") from exc
+        if is_oom(exc):
+            advice = _advice(spec, params, device, dtype_name, quant, available, can_quantise)
+            raise LoadError(
+                f"ran out of memory loading {spec.label} ({_setting(dtype_name, quant)}) on {device}; "
+                f"the partial model was freed. {advice}"
+            ) from exc
+        raise
+    loaded.notes[:0] = notes
+    loaded.load_time = time.perf_counter() - started
+    return loaded
 
-    notes: list[str] = []
-    heads_path = Path(heads) if heads else _heads_path(spec, base_path)
-    medusa = None
-    if heads_path is not None:
-        report(f"loading Medusa heads from {heads_path}")
-        config = base.config.get_text_config()
-        medusa = load_heads(heads_path, config.hidden_size, config.vocab_size)
-    else:
-        notes.append("no Medusa heads found: plain decoding only")
-    tree_name = tree or spec.default_tree or ("cpu_8" if device == "cpu" else "mc_sim_7b_63")
-    generator = Generator(base, tokenizer, medusa, tree=tree_name if medusa is not None else None)
-    template = chat_template_for(spec, tokenizer)
-    stops = ("USER:",) if spec.chat_template == "vicuna_v1.1" else ()
-    return LoadedModel(
-        name=spec.name,
-        generator=generator,
-        tokenizer=tokenizer,
-        device=device,
-        dtype=dtype_name,
-        quant=quant,
-        chat_template=template,
-        spec=spec,
-        stop_strings=stops,
-        load_time=time.perf_counter() - started,
-        notes=notes,
-    )
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` means the machine ran out of memory (GPU or CPU), during loading or generation.
+
+    After one during generation, ``generator.reset()`` and :func:`free_memory` give the memory back.
+    """
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
 
 
 def cpu_has_bf16() -> bool:
@@ -147,119 +166,6 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def _choose_dtype(dtype: str, device: str) -> str:
-    if dtype not in DTYPES:
-        raise LoadError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    if dtype != "auto":
-        if dtype == "fp16" and device == "cpu":
-            raise LoadError("fp16 is very slow for tree verification on a CPU: use --dtype bf16 or fp32")
-        return dtype
-    if device == "cpu":
-        return "bf16" if cpu_has_bf16() else "fp32"
-    return "fp16"
-
-
-def _check_quant(quant: str, device: str) -> None:
-    if quant not in QUANTS:
-        raise LoadError(f"unknown quantisation {quant!r}: choose one of {', '.join(QUANTS)}")
-    if quant == "none":
-        return
-    if device != "cuda":
-        raise LoadError(
-            f"{quant} loading uses bitsandbytes, which needs a CUDA GPU and none is available here; "
-            "use --quant none (with --dtype bf16 on a CPU that supports it, else fp32)"
-        )
-    try:
-        import bitsandbytes  # noqa: F401
-    except Exception as exc:  # a build without CUDA support raises at import
-        raise LoadError(f"bitsandbytes cannot run here ({exc}); use --quant none --dtype fp16") from exc
-
-
-def _base_path(spec: ModelSpec, report) -> Path:
-    """The local directory of the base model's weights and tokenizer."""
-    if spec.head_format == "gguf-package":
-        from .default_model import ensure_converted
-
-        return ensure_converted(progress=report)
-    if spec.local_path is not None and spec.base_repo_id is None:
-        return spec.local_path
-    repo = spec.base_repo_id or spec.repo_id
-    if repo and Path(repo).expanduser().is_dir():
-        return Path(repo).expanduser()
-    return _cached_repo(repo, "main" if spec.base_repo_id else spec.revision, spec.name)
-
-
-def _cached_repo(repo_id: str, revision: str, name: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
-    except LocalEntryNotFoundError as exc:
-        raise LoadError(f"{repo_id} is not downloaded yet: run `medusa-chat models download {name}`") from exc
-
-
-def _heads_path(spec: ModelSpec, base_path: Path) -> Path | None:
-    """Where the heads are: packaged, a heads-only repo, beside the base, or inside its shards."""
-    from .engine.heads_io import HEADS_PT, HEADS_SAFETENSORS
-
-    packaged = spec.heads_dir()
-    if packaged is not None and packaged.is_dir():
-        return packaged
-    if spec.local_path is not None and spec.base_repo_id is not None:
-        return spec.local_path  # a local heads-only directory
-    if spec.base_repo_id and spec.repo_id and not Path(spec.base_repo_id).is_dir():
-        return _cached_repo(spec.repo_id, spec.revision, spec.name)
-    for candidate in (base_path, base_path / "medusa"):
-        if any((candidate / f).is_file() for f in (HEADS_SAFETENSORS, HEADS_PT)):
-            return candidate
-    if spec.head_format == "medusa2-full" or _shards_have_heads(base_path):
-        return base_path
-    return None
-
-
-def _shards_have_heads(directory: Path) -> bool:
-    import json
-
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        return any(k.startswith("medusa_head.") for k in json.loads(index.read_text()).get("weight_map", {}))
-    single = directory / "model.safetensors"
-    if single.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(single), framework="pt") as f:
-            return any(k.startswith("medusa_head.") for k in f.keys())  # noqa: SIM118
-    return False
-
-
-def _load_base(path: Path, device: str, dtype_name: str, quant: str):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
-    kwargs: dict[str, Any] = {"dtype": torch_dtype}
-    if quant != "none":
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = (
-            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype)
-            if quant == "4bit"
-            else BitsAndBytesConfig(load_in_8bit=True)
-        )
-        kwargs["device_map"] = {"": 0}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as exc:
-        raise LoadError(f"cannot read a model from {path}: {exc}") from exc
-    if quant == "none":
-        model.to(device)
-    return model.eval(), tokenizer
 
 
 def free_memory() -> None:
@@ -272,3 +178,299 @@ def free_memory() -> None:
             torch.cuda.empty_cache()
     except ImportError:
         pass
+
+
+# -- choices ---------------------------------------------------------------------------------------
+
+
+def _choose_device(device: str | None) -> str:
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise LoadError(
+                f"--device {device} asked for a GPU but torch sees no CUDA device (a CPU-only torch build, "
+                "or no driver): use --device cpu"
+            )
+        return device
+    raise LoadError(f"unknown device {device!r}: use cpu or cuda (cuda:N for another GPU)")
+
+
+def _choose_dtype(dtype: str, device: str, quant: str) -> str:
+    if dtype not in DTYPES:
+        raise LoadError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        if device == "cpu":
+            return "bf16" if cpu_has_bf16() else "fp32"
+        return "fp16"
+    if dtype == "fp16" and device == "cpu":
+        raise LoadError("fp16 is very slow for tree verification on a CPU: use --dtype bf16 or fp32")
+    if dtype == "fp32" and quant != "none":
+        raise LoadError(f"--quant {quant} computes in half precision: use --dtype fp16 or bf16 with it")
+    return dtype
+
+
+@functools.cache
+def _bnb_problem() -> str | None:
+    """Why bitsandbytes cannot quantise on this machine's GPU, or None when it can (checked once)."""
+    try:
+        from bitsandbytes.cextension import lib
+    except Exception as exc:  # not installed, or a broken install
+        return f"bitsandbytes cannot be imported ({exc})"
+    if not getattr(lib, "compiled_with_cuda", False):
+        return "the installed bitsandbytes has no CUDA support (a CPU-only build, or none matching this CUDA)"
+    return None
+
+
+def _check_quant(quant: str, device: str, bnb_problem: str | None) -> None:
+    if quant not in QUANTS:
+        raise LoadError(f"unknown quantisation {quant!r}: choose one of {', '.join(QUANTS)}")
+    if quant == "none":
+        return
+    if device == "cpu":
+        dtype = "bf16" if cpu_has_bf16() else "fp32"
+        raise LoadError(
+            f"--quant {quant} uses bitsandbytes, which needs a CUDA GPU, and this runs on the CPU. "
+            f"Nearest working choice: --quant none (this CPU runs --dtype {dtype} best)"
+        )
+    if bnb_problem is not None:
+        raise LoadError(
+            f"--quant {quant} cannot run here: {bnb_problem}. Nearest working choice: --quant none --dtype fp16, "
+            "or reinstall bitsandbytes with CUDA support"
+        )
+
+
+# -- memory ----------------------------------------------------------------------------------------
+
+
+def _setting(dtype: str, quant: str) -> str:
+    return dtype if quant == "none" else quant
+
+
+def _need_bytes(params: int, dtype: str, quant: str) -> int:
+    """Estimated memory to run ``params`` parameters with this dtype / quantisation."""
+    if quant != "none":
+        return estimate_bytes(params, {"4bit": "4-bit", "8bit": "8-bit"}[quant])
+    return estimate_bytes(params, "fp16") * (2 if dtype == "fp32" else 1)
+
+
+def _choices(device: str, can_quantise: bool) -> list[tuple[str, str, str]]:
+    """(flags, dtype, quant) a user can pick on ``device``, from the most to the least memory."""
+    if device == "cpu":
+        return [("--dtype fp32", "fp32", "none"), ("--dtype bf16", "bf16", "none")]
+    quantised = [("--quant 8bit", "fp16", "8bit"), ("--quant 4bit", "fp16", "4bit")] if can_quantise else []
+    return [("--quant none --dtype fp16", "fp16", "none"), *quantised]
+
+
+def _available_bytes(device: str) -> int:
+    """Free GPU memory for cuda, available RAM for cpu."""
+    if device == "cpu":
+        return cpu_memory()[1]
+    import torch
+
+    return torch.cuda.mem_get_info(torch.device(device))[0]
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+
+
+def _check_memory(
+    spec: ModelSpec, params: int, device: str, dtype: str, quant: str, available: int, can_quantise: bool
+) -> list[str]:
+    """Refuse a model whose weights alone exceed ``available`` bytes; a note when only the margin is short."""
+    if not params:
+        return []
+    need = _need_bytes(params, dtype, quant)
+    if need <= available:
+        return []
+    where = "RAM available" if device == "cpu" else f"GPU memory free on {device}"
+    shortfall = f"{spec.label} needs about {_gb(need)} at {_setting(dtype, quant)} but only {_gb(available)} of {where}"
+    if need / OVERHEAD > available:
+        raise LoadError(f"{shortfall}: {_advice(spec, params, device, dtype, quant, available, can_quantise)}")
+    return [f"{shortfall}: long chats may run out of memory"]
+
+
+def _advice(
+    spec: ModelSpec, params: int, device: str, dtype: str, quant: str, available: int, can_quantise: bool
+) -> str:
+    """The nearest choice that fits ``available``: a lighter precision, else a smaller catalogue model."""
+    choices = _choices(device, can_quantise)
+    size = params or 10**9  # unknown: compare the precisions on a nominal size
+    need = _need_bytes(size, dtype, quant)
+    for flags, d, q in choices:
+        lighter = _need_bytes(size, d, q)
+        if lighter < need and (not params or lighter <= available):
+            return f"try {flags}" + (f" (about {_gb(lighter)})" if params else "")
+    for other in sorted(catalog().values(), key=lambda s: s.params, reverse=True):
+        if other.params and other.params < params and other.name != spec.name:
+            fitting = next((f for f, d, q in choices if _need_bytes(other.params, d, q) <= available), None)
+            if fitting:
+                return f"choose a smaller model, e.g. --model {other.name} {fitting}"
+    return "choose a smaller model" + ("" if device == "cpu" else " or free GPU memory")
+
+
+def _stored_params(paths: list[Path]) -> int:
+    """Parameters in the weight files at ``paths`` (safetensors headers; other files assume 2 bytes each)."""
+    from safetensors import safe_open
+
+    files: set[Path] = set()
+    for path in paths:
+        files |= {path} if path.is_file() else {*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.pt")}
+    total = 0
+    for file in files:
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), framework="pt") as f:
+                total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+        else:
+            total += file.stat().st_size // 2
+    return total
+
+
+# -- files -----------------------------------------------------------------------------------------
+
+
+def _locate(spec: ModelSpec, heads: str | None, report) -> tuple[Path, Path | None]:
+    """(model dir, heads path or None) on local disk: ``--heads``, packaged heads, else beside the model."""
+    from .hub import HubError, local_files
+
+    if spec.head_format == "gguf-package":
+        from .default_model import DefaultModelError, ensure_converted
+
+        try:
+            model_dir, found = ensure_converted(progress=report), None
+        except DefaultModelError as exc:
+            raise LoadError(str(exc)) from exc
+    else:
+        try:
+            files = local_files(spec)
+        except HubError as exc:
+            raise LoadError(_not_downloaded(spec)) from exc
+        model_dir, found = files.model_dir, files.heads_path
+    if heads:
+        override = Path(heads).expanduser()
+        return model_dir, _find_heads(override, spec) or override
+    packaged = spec.heads_dir()
+    if packaged is not None and packaged.is_dir():
+        return model_dir, packaged
+    return model_dir, _find_heads(found, spec) if found else None
+
+
+def _not_downloaded(spec: ModelSpec) -> str:
+    if spec.head_format == "local" and spec.base_repo_id:
+        base = spec.base_repo_id
+        if base.startswith(("/", ".", "~")):
+            return f"the base model {base} named by {spec.local_path}/config.json is not a directory"
+        return f"the base model {base} of {spec.local_path} is not downloaded: run `medusa-chat models download {base}`"
+    return f"{spec.label} is not (fully) downloaded: run `medusa-chat models download {spec.name}`"
+
+
+def _find_heads(path: Path, spec: ModelSpec) -> Path | None:
+    """Where Medusa heads are at ``path``: a file, heads files in it or ``medusa/``, or keys in its shards."""
+    from .engine.heads_io import HEADS_PT, HEADS_SAFETENSORS
+
+    if path.is_file():
+        return path
+    for candidate in (path, path / "medusa"):
+        if any((candidate / f).is_file() for f in (HEADS_SAFETENSORS, HEADS_PT)):
+            return candidate
+    if spec.head_format == "medusa2-full" or _shards_have_heads(path):
+        return path
+    return None
+
+
+def _shards_have_heads(directory: Path) -> bool:
+    """Whether the weight files in ``directory`` hold Medusa (or vLLM-layout) head tensors."""
+    import json
+
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (directory / index).is_file():
+            keys = json.loads((directory / index).read_text()).get("weight_map", {})
+            return any(k.startswith(_HEAD_KEY_PREFIXES) for k in keys)
+    single = directory / "model.safetensors"
+    if single.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(single), framework="pt") as f:
+            return any(k.startswith(_HEAD_KEY_PREFIXES) for k in f.keys())  # noqa: SIM118
+    return False
+
+
+# -- weights ---------------------------------------------------------------------------------------
+
+
+def _assemble(
+    spec: ModelSpec,
+    model_dir: Path,
+    heads_path: Path | None,
+    device: str,
+    dtype_name: str,
+    quant: str,
+    tree: str | None,
+    report,
+) -> LoadedModel:
+    from .engine.generator import Generator
+    from .engine.heads_io import load_heads
+
+    report(f"loading {spec.label} ({_setting(dtype_name, quant)}) on {device}")
+    base, tokenizer = _load_base(model_dir, device, dtype_name, quant)
+    notes: list[str] = []
+    medusa = None
+    if heads_path is not None:
+        report(f"loading Medusa heads from {heads_path}")
+        config = base.config.get_text_config()
+        lm_head = base.get_output_embeddings().weight
+        medusa = load_heads(heads_path, config.hidden_size, config.vocab_size, lm_head=lm_head)
+    else:
+        notes.append("no Medusa heads found: plain decoding only")
+    tree_name = tree or spec.default_tree or ("cpu_8" if device == "cpu" else "mc_sim_7b_63")
+    generator = Generator(base, tokenizer, medusa, tree=tree_name if medusa is not None else None)
+    return LoadedModel(
+        name=spec.name,
+        generator=generator,
+        tokenizer=tokenizer,
+        device=device,
+        dtype=dtype_name,
+        quant=quant,
+        chat_template=chat_template_for(spec, tokenizer),
+        spec=spec,
+        stop_strings=("USER:",) if spec.chat_template == "vicuna_v1.1" else (),
+        notes=notes,
+    )
+
+
+def _load_base(path: Path, device: str, dtype_name: str, quant: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if device != "cpu":
+        kwargs["device_map"] = {"": torch.device(device).index or 0}  # straight onto the GPU
+    if quant != "none":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype)
+            if quant == "4bit"
+            else BitsAndBytesConfig(load_in_8bit=True)
+        )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as exc:
+        raise LoadError(f"cannot read a model from {path}: {exc}") from exc
+    return model.eval(), tokenizer
+
+
+def _adds_bos(tokenizer) -> bool:
+    """Whether ``tokenizer(text)`` puts a BOS token first by default."""
+    bos_id = tokenizer.bos_token_id
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return tokenizer("a")["input_ids"][:1] == [bos_id] and plain[:1] != [bos_id]
