@@ -427,8 +427,10 @@ def _assemble(
         medusa = load_heads(heads_path, config.hidden_size, config.vocab_size, lm_head=lm_head)
     else:
         notes.append("no Medusa heads found: plain decoding only")
-    tree_name = tree or spec.default_tree or ("cpu_8" if device == "cpu" else "mc_sim_7b_63")
-    generator = Generator(base, tokenizer, medusa, tree=tree_name if medusa is not None else None)
+    generator = Generator(base, tokenizer, medusa)
+    if medusa is not None:
+        choices, name = _default_tree(spec, device, dtype_name, medusa.num_heads, tree)
+        generator.set_tree(choices, name=name)
     return LoadedModel(
         name=spec.name,
         generator=generator,
@@ -441,6 +443,25 @@ def _assemble(
         stop_strings=("USER:",) if spec.chat_template == "vicuna_v1.1" else (),
         notes=notes,
     )
+
+
+def _default_tree(spec: ModelSpec, device: str, dtype: str, num_heads: int, tree: str | None):
+    """(choices, name) of the tree to use: the one asked for, else the tree tuned on this machine, else the
+    entry's default or the device's preset, cut to the heads available (a tree may not be deeper than them).
+    """
+    from .engine.presets import DEFAULT_CPU_TREE, DEFAULT_GPU_TREE, fit_to_heads, preset
+    from .tuning import tuned_tree
+
+    if tree:
+        return preset(tree), tree
+    tuned = tuned_tree(spec.name, device, dtype, num_heads=num_heads)
+    if tuned is not None:
+        return tuned, "tuned"
+    name = spec.default_tree or (DEFAULT_CPU_TREE if device == "cpu" else DEFAULT_GPU_TREE)
+    choices = fit_to_heads(preset(name), num_heads)
+    if len(choices) < len(preset(name)):
+        name = f"{name}/depth-{num_heads}"
+    return choices, name
 
 
 def _load_base(path: Path, device: str, dtype_name: str, quant: str):

@@ -352,3 +352,23 @@ def test_vllm_blocks_without_bias_get_a_zero_bias(world, tmp_path):
     assert heads.shared_projection
     assert all(not head[0].linear.bias.any() for head in heads)
     torch.testing.assert_close(heads[2][0].linear.weight, weights["blocks.2.layers.0.weight"])
+
+
+def test_a_tuned_tree_becomes_the_default_and_trees_fit_the_heads(tiny_model_dir, tmp_path):
+    from medusa_chat.tuning import save_tuned
+
+    loaded = load_model(str(tiny_model_dir), dtype="fp32")
+    assert loaded.tree_name == "cpu_8"
+    tuned = [[0], [0, 0], [1]]
+    save_tuned({"model": loaded.name, "device": "cpu", "dtype": "fp32", "choices": tuned})
+    loaded = load_model(str(tiny_model_dir), dtype="fp32")
+    assert loaded.tree_name == "tuned" and loaded.generator.tree.size == 4
+    assert load_model(str(tiny_model_dir), dtype="fp32", tree="cpu_4").tree_name == "cpu_4"
+
+    model = tiny_model("llama", vocab_size=len(tiny_tokenizer()), dtype=torch.float32)
+    two = tmp_path / "two-heads"
+    model.save_pretrained(two)
+    tiny_tokenizer().save_pretrained(two)
+    save_heads(random_heads(model, num_heads=2).float(), two / "medusa", base_model=str(two))
+    loaded = load_model(str(two), dtype="fp32")  # cpu_8 is 4 deep: cut to the 2 heads there are
+    assert loaded.tree_name == "cpu_8/depth-2" and loaded.generator.tree.depth == 2

@@ -29,7 +29,7 @@ from .cache import cache_length, keep_path, new_cache, truncate
 from .events import GenerationStats, StepEvent
 from .heads import MedusaHeads
 from .lookup import lookup_draft
-from .presets import preset
+from .presets import DEFAULT_CPU_TREE, fit_to_heads, preset
 from .sampling import select
 from .text import TextStream
 from .tree import Tree, build_tree, with_chain
@@ -149,8 +149,10 @@ class Generator:
         self.tree_name = "none"
         self.tree = build_tree([])
         self._chains = {0: (self.tree, self._mask_block(self.tree))}
-        if heads is not None:
-            self.set_tree(tree if tree is not None else "cpu_8")
+        if heads is not None and tree is not None:
+            self.set_tree(tree)
+        elif heads is not None:
+            self.set_tree(fit_to_heads(preset(DEFAULT_CPU_TREE), heads.num_heads), name=DEFAULT_CPU_TREE)
 
     @property
     def has_heads(self) -> bool:

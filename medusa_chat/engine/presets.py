@@ -116,3 +116,8 @@ def preset(name: str) -> list[list[int]]:
     except KeyError:
         known = ", ".join([*PRESETS, "chain-N"])
         raise TreeError(f"unknown tree {name!r}; choose one of: {known}") from None
+
+
+def fit_to_heads(choices: list[list[int]], num_heads: int) -> list[list[int]]:
+    """``choices`` without the paths deeper than the number of heads (a prefix-closed subtree)."""
+    return [c for c in choices if len(c) <= num_heads]
