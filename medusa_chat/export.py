@@ -51,11 +51,11 @@ def export_heads(heads_path: str | Path, fmt: str, out_dir: str | Path, base: st
     """Write the heads at ``heads_path`` (any layout ``load_heads`` reads) as ``fmt`` into ``out_dir``."""
     from safetensors.torch import save_file
 
-    from .engine.heads_io import heads_from_state, load_heads_state, read_heads_config
+    from .engine.heads_io import heads_from_state, heads_state, read_heads_config
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    state = load_heads_state(heads_path)
+    state = heads_state(heads_path)
     heads = heads_from_state(state)  # checks the layout, infers K, L and H
     k, layers, hidden = heads.num_heads, heads.num_layers, heads.hidden_size
     config = read_heads_config(heads_path)

@@ -65,6 +65,8 @@ def test_vllm_shared_heads_use_original_lm_head(tmp_path, base_dir):
     state = load_heads_state(out)  # our reader maps the vLLM names back
     for key, tensor in heads.state_dict().items():
         torch.testing.assert_close(state[key], tensor)
+    again = export_heads(out, "tgi", tmp_path / "tgi-again", base=base_dir)  # a vLLM export exports again
+    assert load_heads(again).num_heads == K
 
 
 def test_vllm_per_head_projections_round_trip(tmp_path):

@@ -192,9 +192,15 @@ def load_heads(
     ``lm_head`` is the base model's output projection weight [V, H]: a lone projection among several
     heads that equals it (vLLM's ``original_lm_head``) is dropped and the heads share the base one.
     """
-    state = load_heads_state(path)
+    return heads_from_state(heads_state(path, lm_head, vocab_size), hidden_size, vocab_size)
+
+
+def heads_state(
+    path: str | Path, lm_head: torch.Tensor | None = None, vocab_size: int | None = None
+) -> dict[str, torch.Tensor]:
+    """The heads' tensors in FasterDecoding layout, without a vLLM-style copy of the base lm_head."""
     original = bool(read_heads_config(path).get("original_lm_head"))
-    return heads_from_state(_drop_original_lm_head(state, original, lm_head, vocab_size), hidden_size, vocab_size)
+    return _drop_original_lm_head(load_heads_state(path), original, lm_head, vocab_size)
 
 
 def _drop_original_lm_head(
