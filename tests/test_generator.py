@@ -218,3 +218,13 @@ def test_typical_sampling_is_seeded_and_runs(setups):
     assert a.token_ids == b.token_ids and a.new_tokens == 30 and a.medusa
     _, c = run(model, None, PROMPT, eos=set(), max_new_tokens=30, temperature=0.7, top_p=0.9, seed=3, medusa=False)
     assert c.new_tokens == 30
+
+
+def test_bad_token_ids_are_refused_and_the_generator_stays_usable(setups):
+    model, fitted, _, reference = setups["llama"]
+    gen = Generator(model, TOK, fitted, eos_ids=set())
+    with pytest.raises(ValueError, match="outside this model's vocabulary"):
+        gen.generate([*PROMPT, len(TOK) + 5], GenerationConfig())
+    with pytest.raises(ValueError, match="acceptance must be one of"):
+        gen.generate(PROMPT, GenerationConfig(temperature=1.0, acceptance="nucleus"))
+    assert gen.generate(PROMPT, GenerationConfig(max_new_tokens=48)).token_ids == reference

@@ -214,6 +214,9 @@ class Generator:
                 f"the prompt has {len(input_ids)} tokens but this model's context holds {self.max_context}: "
                 "shorten the prompt or start a new conversation"
             )
+        vocab = self._lm_head.weight.shape[0]
+        if not all(0 <= t < vocab for t in input_ids):
+            raise ValueError(f"the prompt holds token ids outside this model's vocabulary (0..{vocab - 1})")
         if config.acceptance not in ACCEPTANCE_MODES:
             raise ValueError(f"acceptance must be one of {', '.join(ACCEPTANCE_MODES)}, not {config.acceptance!r}")
         use_medusa = config.medusa and ((self.heads is not None and self.tree.size > 1) or config.prompt_lookup > 0)
@@ -226,44 +229,50 @@ class Generator:
         decode_time = 0.0
         stop_reason = "max_new_tokens"
 
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            reused, state = self._prefill(input_ids)
-            prefill_time = time.perf_counter() - t0
-            while len(new_ids) < config.max_new_tokens:
-                if cancel is not None and cancel.is_set():
-                    stop_reason = "cancelled"
-                    break
+        try:
+            with torch.inference_mode():
                 t0 = time.perf_counter()
-                room = self.max_context - cache_length(self._cache) - len(state.pending)
-                mode = pace.next_mode() if pace else ("medusa" if use_medusa else "plain")
-                tree_size = 1
-                if mode == "medusa" and room >= self.tree.size + config.prompt_lookup:
-                    tokens, from_heads, state, tree_size = self._medusa_step(state, config, rng)
-                elif room >= 1:
-                    mode = "plain"
-                    tokens, from_heads, state = self._plain_step(state, config, rng)
-                else:
-                    stop_reason = "context"
-                    break
-                tokens, stop = self._trim(tokens, config.max_new_tokens - len(new_ids))
-                from_heads = from_heads[: len(tokens)]
-                new_ids.extend(tokens)
-                delta = text.push(tokens)
-                step_time = time.perf_counter() - t0
-                decode_time += step_time
-                steps += bool(tokens)  # a step that only found the end of the answer emits nothing
-                fallback = pace is not None and mode == "plain"
-                if pace:
-                    pace.record(mode, len(tokens), step_time)
-                    fallback_steps += fallback
-                yield StepEvent(tokens, delta, len(tokens), tree_size, step_time, from_heads, fallback)
-                if stop:
-                    stop_reason = "eos"
-                    break
-                if text.stopped:
-                    stop_reason = "stop_string"
-                    break
+                reused, state = self._prefill(input_ids)
+                prefill_time = time.perf_counter() - t0
+                while len(new_ids) < config.max_new_tokens:
+                    if cancel is not None and cancel.is_set():
+                        stop_reason = "cancelled"
+                        break
+                    t0 = time.perf_counter()
+                    room = self.max_context - cache_length(self._cache) - len(state.pending)
+                    mode = pace.next_mode() if pace else ("medusa" if use_medusa else "plain")
+                    tree_size = 1
+                    if mode == "medusa" and room >= self.tree.size + config.prompt_lookup:
+                        tokens, from_heads, state, tree_size = self._medusa_step(state, config, rng)
+                    elif room >= 1:
+                        mode = "plain"
+                        tokens, from_heads, state = self._plain_step(state, config, rng)
+                    else:
+                        stop_reason = "context"
+                        break
+                    tokens, stop = self._trim(tokens, config.max_new_tokens - len(new_ids))
+                    from_heads = from_heads[: len(tokens)]
+                    new_ids.extend(tokens)
+                    delta = text.push(tokens)
+                    step_time = time.perf_counter() - t0
+                    decode_time += step_time
+                    steps += bool(tokens)  # a step that only found the end of the answer emits nothing
+                    fallback = pace is not None and mode == "plain"
+                    if pace:
+                        pace.record(mode, len(tokens), step_time)
+                        fallback_steps += fallback
+                    yield StepEvent(tokens, delta, len(tokens), tree_size, step_time, from_heads, fallback)
+                    if stop:
+                        stop_reason = "eos"
+                        break
+                    if text.stopped:
+                        stop_reason = "stop_string"
+                        break
+        except GeneratorExit:  # the consumer stopped reading: the cache is consistent at every yield
+            raise
+        except BaseException:  # an error inside a step may leave the cache half-updated: start afresh next time
+            self.reset()
+            raise
         if pace and pace.rates["plain"] is not None:
             self.plain_rate = pace.rates["plain"]
         tail = text.flush()
