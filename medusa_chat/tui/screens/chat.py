@@ -102,9 +102,9 @@ class ChatScreen(Screen):
                 tooltip="Re-run the last prompt with Medusa off and on, side by side"),
         Binding("ctrl+g", "colour", "Colour tokens", priority=True, id="chat.colour", show=False,
                 tooltip="Colour streamed text: accepted from a Medusa head vs the base model's own token"),
-        Binding("f6", "copy_answer", "Copy answer", id="chat.copy_answer", show=False),
-        Binding("f7", "copy_code", "Copy code", id="chat.copy_code", show=False),
-        Binding("f8", "export", "Export", id="chat.export", show=False),
+        Binding("f6", "copy_answer", "Copy answer", priority=True, id="chat.copy_answer", show=False),
+        Binding("f7", "copy_code", "Copy code", priority=True, id="chat.copy_code", show=False),
+        Binding("f8", "export", "Export", priority=True, id="chat.export", show=False),
     ]
 
     def __init__(self) -> None:

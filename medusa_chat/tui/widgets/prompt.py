@@ -75,18 +75,15 @@ class PromptInput(TextArea):
             if text.strip():
                 self.post_message(self.Submitted(self, text))
             return
-        row, _ = self.cursor_location
-        if event.key == "up" and row == 0 and self.selection.is_empty and self._recall(-1):
-            event.stop()
-            event.prevent_default()
-            return
-        if (
-            event.key == "down"
-            and row == self.document.line_count - 1
-            and self.selection.is_empty
-            and self._recall(+1)
-        ):
-            event.stop()
-            event.prevent_default()
-            return
         await super()._on_key(event)
+
+    def action_cursor_up(self, select: bool = False) -> None:
+        if not select and self.cursor_location[0] == 0 and self.selection.is_empty and self._recall(-1):
+            return
+        super().action_cursor_up(select)
+
+    def action_cursor_down(self, select: bool = False) -> None:
+        last = self.document.line_count - 1
+        if not select and self.cursor_location[0] == last and self.selection.is_empty and self._recall(+1):
+            return
+        super().action_cursor_down(select)
