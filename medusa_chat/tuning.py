@@ -16,6 +16,7 @@ Here the size is chosen by speed, from measurements on the user's own machine, m
    growth order's first q-1 nodes (q slots), on a cache of a few hundred tokens, relative to a
    plain step; sizes and plain steps are interleaved and each ratio is a median.
 4. **Choice.** The size q with the highest expected accepted length / step cost (costs are
+   made non-decreasing from 4 slots on, since a dip is noise the choice would fall into, and
    interpolated between measured sizes); then greedy generation with the chosen tree against
    plain decoding on the calibration prompts gives the measured speedup.
 
@@ -150,6 +151,26 @@ def interpolate_cost(costs: Mapping[int, float], size: int) -> float | None:
         return None
     lo, hi = max(below), min(above)
     return costs[lo] + (costs[hi] - costs[lo]) * (size - lo) / (hi - lo)
+
+
+def smooth_costs(costs: Mapping[int, float], monotone_from: int = 4) -> dict[int, float]:
+    """Costs made non-decreasing from ``monotone_from`` slots on (pool adjacent violators); smaller sizes as measured.
+
+    Verifying more tokens is never cheaper, so a dip in measured costs is noise, and the size
+    choice would pick exactly that dip. Below 4 slots small-matrix kernels can really be slower
+    than at 4 (fp32 on CPUs), so those sizes keep their measurements.
+    """
+    sizes = sorted(costs)
+    tail = [q for q in sizes if q >= monotone_from]
+    blocks: list[tuple[float, int]] = []  # (sum, count) of pooled neighbours
+    for q in tail:
+        total, count = costs[q], 1
+        while blocks and blocks[-1][0] / blocks[-1][1] > total / count:
+            prev_total, prev_count = blocks.pop()
+            total, count = total + prev_total, count + prev_count
+        blocks.append((total, count))
+    pooled = [total / count for total, count in blocks for _ in range(count)]
+    return {q: costs[q] for q in sizes if q < monotone_from} | dict(zip(tail, pooled, strict=True))
 
 
 def predicted_speedups(
@@ -401,8 +422,9 @@ def tune(
     costs = measure_step_costs(
         generator, sizes, _cost_prompt(loaded, prompts, generator.max_context), repeats, order=order, progress=progress
     )
-    choices, predicted = build_best_tree(acceptance, costs, heads.num_heads, max_nodes)
-    curve = predicted_speedups(order, acceptance, costs)
+    used = smooth_costs(costs)
+    choices, predicted = build_best_tree(acceptance, used, heads.num_heads, max_nodes)
+    curve = predicted_speedups(order, acceptance, used)
     measured = measure_speedups(
         generator, prompts_ids[:measure_limit], {TUNED_NAME: choices, **(compare or {})}, max_new_tokens, progress
     )
@@ -421,8 +443,9 @@ def tune(
         "predicted_accepted": round(expected_accepted(choices, acceptance), 4),
         "independent_accepted": round(expected_accepted(choices, acceptance.rank_hits), 4),
         "measured_accepted": round(measured[TUNED_NAME]["mean_accepted"], 4),
-        "step_cost": round(interpolate_cost(costs, tree.size) or 1.0, 4),
+        "step_cost": round(interpolate_cost(used, tree.size) or 1.0, 4),
         "costs": {str(q): round(c, 4) for q, c in costs.items()},
+        "smoothed_costs": {str(q): round(c, 4) for q, c in used.items()},
         "predicted_curve": {str(q): round(s, 4) for q, s in curve.items()},
         "measured": {m: {k: round(v, 4) for k, v in r.items()} for m, r in measured.items()},
         "rank_hits": [[round(x, 5) for x in rates] for rates in acceptance.rank_hits],

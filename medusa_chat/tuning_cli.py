@@ -74,11 +74,11 @@ def tune_cmd(
 
 def format_report(report: dict) -> str:
     """Step costs and predicted speedups per tree size, then the chosen tree's predicted and measured speedup."""
-    lines = ["slots  step cost  predicted speedup", "-----  ---------  -----------------"]
-    curve = report["predicted_curve"]
+    lines = ["slots  measured cost  smoothed  predicted speedup", "-----  -------------  --------  -----------------"]
+    curve, smoothed = report["predicted_curve"], report["smoothed_costs"]
     for size, cost in report["costs"].items():
         mark = "  <- tuned" if int(size) == report["tree_size"] else ""
-        lines.append(f"{size:>5}  {cost:9.3f}  {curve.get(size, float('nan')):17.3f}{mark}")
+        lines.append(f"{size:>5}  {cost:13.3f}  {smoothed[size]:8.3f}  {curve.get(size, float('nan')):17.3f}{mark}")
     measured = report["measured"]
     lines.append("")
     lines.append(f"{'tree':14s} {'tok/s':>8s} {'tokens/step':>12s} {'speedup':>8s}")

@@ -25,6 +25,7 @@ from medusa_chat.tuning import (
     measurement_sizes,
     predicted_speedups,
     save_tuned,
+    smooth_costs,
     tree_path,
     tuned_tree,
 )
@@ -80,6 +81,13 @@ def test_costs_are_interpolated_only_between_measured_sizes() -> None:
     assert interpolate_cost(costs, 1) is None and interpolate_cost(costs, 7) is None
     assert measurement_sizes(12) == [2, 3, 4, 5, 6, 7, 8, 10, 12]
     assert measurement_sizes(37)[-3:] == [28, 32, 37]
+
+
+def test_smoothing_removes_dips_from_4_slots_on_and_keeps_smaller_sizes() -> None:
+    measured = {2: 1.7, 3: 2.0, 4: 1.3, 5: 1.5, 6: 1.2, 8: 1.6, 10: 1.4, 12: 1.4}
+    smoothed = smooth_costs(measured)
+    assert smoothed == pytest.approx({2: 1.7, 3: 2.0, 4: 1.3, 5: 1.35, 6: 1.35, 8: 4.4 / 3, 10: 4.4 / 3, 12: 4.4 / 3})
+    assert smooth_costs(smoothed) == pytest.approx(smoothed)
 
 
 def test_steep_costs_pick_a_small_tree_and_flat_costs_a_large_one() -> None:
