@@ -265,7 +265,7 @@ def measure_step_costs(
     prompt_ids: Sequence[int],
     repeats: int = 5,
     *,
-    steps: int = 6,
+    steps: int = 8,
     order: Sequence[Node] | None = None,
     progress: Progress | None = None,
 ) -> dict[int, float]:
@@ -295,12 +295,13 @@ def measure_step_costs(
         keys = list(trees)
         for rep in range(repeats):
             shift = rep % len(keys)
-            times = {q: statistics.median(_step_times(generator, prompt_ids, trees[q], steps))
-                     for q in keys[shift:] + keys[:shift]}  # fmt: skip
+            times: dict[int, float] = {}
+            for q in keys[shift:] + keys[:shift]:
+                times[q] = statistics.median(_step_times(generator, prompt_ids, trees[q], steps))
+                if progress:
+                    progress("step cost", rep * len(keys) + len(times), repeats * len(keys))
             for q in sizes:
                 ratios[q].append(times[q] / times[1])
-            if progress:
-                progress("step cost", rep + 1, repeats)
     finally:
         generator.eos_ids = saved_eos
         generator.set_tree([list(c) for c in saved_tree], name=saved_name)
