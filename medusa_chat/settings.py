@@ -20,6 +20,7 @@ from typing import Any
 FILE_NAME = "config.toml"
 DEFAULT_THEME = "medusa-dark"
 TREE_AUTO = "auto"
+TREE_TUNED = "tuned"  # the tree `medusa-chat tune` saved for the loaded model, device and precision
 
 
 class SettingsError(ValueError):
@@ -113,7 +114,7 @@ def coerce(name: str, value: Any) -> Any:
         raise ValueError("must be text")
     if name == "tree":
         value = value.strip() or TREE_AUTO
-        if value != TREE_AUTO and not _tree_known(value):
+        if value not in (TREE_AUTO, TREE_TUNED) and not _tree_known(value):
             raise ValueError(f"unknown tree {value!r}")
     if name == "theme" and not value.strip():
         raise ValueError("must not be empty")
@@ -123,37 +124,29 @@ def coerce(name: str, value: Any) -> Any:
 
 
 def _tree_known(name: str) -> bool:
+    """A preset name, or a name the presets module builds (e.g. ``chain-4``)."""
     try:
-        from .engine.presets import PRESETS
+        from .engine.presets import PRESETS, preset
     except Exception:  # pragma: no cover - presets always ship
         return True
     if name in PRESETS:
         return True
-    return any(name == t for t in tuned_trees())
+    try:
+        preset(name)
+    except Exception:
+        return False
+    return True
 
 
 def tree_choices() -> list[str]:
-    """Tree names the form offers: auto, the presets, then trees tuned on this machine."""
+    """Tree names the form offers: auto (the model's default), tuned (this machine's), then the presets."""
     try:
         from .engine.presets import PRESETS
 
         names = list(PRESETS)
     except Exception:  # pragma: no cover
         names = []
-    return [TREE_AUTO, *names, *[t for t in tuned_trees() if t not in names]]
-
-
-def tuned_trees() -> list[str]:
-    """Names of trees tuned by ``medusa-chat tune`` (JSON files under ``data_dir()/trees``)."""
-    try:
-        from .paths import data_dir
-
-        folder = data_dir() / "trees"
-    except Exception:  # pragma: no cover
-        return []
-    if not folder.is_dir():
-        return []
-    return sorted(p.stem for p in folder.glob("*.json"))
+    return [TREE_AUTO, TREE_TUNED, *names]
 
 
 def validate(values: dict[str, Any]) -> dict[str, str]:

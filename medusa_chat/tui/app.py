@@ -221,10 +221,24 @@ class MedusaChatApp(App[None]):
             return
         name = tree
         if tree == settings_mod.TREE_AUTO:
-            name = getattr(self.loaded, "tree_name", "") or "cpu_8"
+            spec = getattr(self.loaded, "spec", None)
+            name = getattr(spec, "default_tree", None) or getattr(self.loaded.generator, "tree_name", "") or "cpu_8"
         try:
-            self.loaded.generator.set_tree(name)
-            self.notify(f"Tree: {name}")
+            if tree == settings_mod.TREE_TUNED:
+                from ..tuning import tuned_tree
+
+                m = self.loaded
+                choices = tuned_tree(m.name, m.device, m.dtype, getattr(m, "num_heads", None))
+                if choices is None:
+                    self.notify(
+                        f"No tuned tree for {m.name} on {m.device} {m.dtype}: run `medusa-chat tune --model {m.name}`.",
+                        severity="warning",
+                    )
+                    return
+                self.loaded.generator.set_tree(choices, name="tuned")
+            else:
+                self.loaded.generator.set_tree(name)
+            self.notify(f"Tree: {self.loaded.generator.tree_name}")
         except Exception as exc:
             self.notify(f"Cannot use tree {name!r}: {exc}", severity="error")
 

@@ -213,8 +213,8 @@ class ScriptedGenerator:
         self.step_delay = 0.0
         self.calls: list[tuple[list[int], Any]] = []
 
-    def set_tree(self, name_or_choices: Any) -> None:
-        self.tree_name = name_or_choices if isinstance(name_or_choices, str) else "custom"
+    def set_tree(self, name_or_choices: Any, name: str | None = None) -> None:
+        self.tree_name = name or (name_or_choices if isinstance(name_or_choices, str) else "custom")
 
     def _tokens(self) -> list[str]:
         out, word = [], ""

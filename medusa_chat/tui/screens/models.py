@@ -175,7 +175,8 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
             with Vertical(id="download-panel"):
                 yield Static("", id="download-label")
                 yield ProgressBar(id="download-bar", show_eta=False)
-            yield Static("Scanning the catalogue…", id="models-message")
+            yield Static("Scanning the catalogue…", id="models-summary")
+            yield Static("", id="models-message")
             with Horizontal(id="models-actions"):
                 yield Select([(label, value) for label, value, _ in PRECISIONS], value="auto", allow_blank=False,
                              id="precision")
@@ -221,13 +222,13 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
             cells += [self._memory_cell(row.params, b) for _, _, b in PRECISIONS[1:]]
             table.add_row(*cells, key=row.name)
         memory = f"available here: {human_bytes(self.memory)}" if self.memory else "memory unknown"
-        text = message.error or (
+        summary = (
             f"{len(message.rows)} models · memory per precision (✓ fits, ✗ does not; {memory}) · "
             "Enter loads · d downloads · c cancels"
         )
-        msg = self.query_one("#models-message", Static)
-        msg.update(text)
-        msg.set_class(message.error is not None, "-error")
+        self.query_one("#models-summary", Static).update(summary)
+        if message.error:
+            self._message(message.error, error=True)
         self._show_detail()
 
     def selected(self) -> Row | None:
