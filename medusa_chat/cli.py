@@ -58,7 +58,11 @@ def load_or_fail(model: str, **kwargs):
 @app.callback(invoke_without_command=True)
 def main(
     ctx: typer.Context,
-    model: ModelOpt = DEFAULT_MODEL,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model to open (default: the last one used, else the offline default).")
+    ] = None,
+    heads: HeadsOpt = None,
+    tree: TreeOpt = None,
     quant: QuantOpt = None,
     dtype: DtypeOpt = None,
     theme: Annotated[str | None, typer.Option("--theme", help="Theme name for the app.")] = None,
@@ -68,7 +72,7 @@ def main(
         return
     from .tui.app import run_app
 
-    run_app(model=model, quant=quant, theme=theme, dtype=dtype)
+    run_app(model=model, quant=quant, theme=theme, dtype=dtype, heads=heads, tree=tree)
 
 
 @app.command()
