@@ -59,7 +59,7 @@ def load_or_fail(model: str, **kwargs):
 def main(
     ctx: typer.Context,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Model to open (default: the last one used, else the offline default).")
+        str | None, typer.Option("--model", "-m", help="Model to open (default: the last one used).")
     ] = None,
     heads: HeadsOpt = None,
     tree: TreeOpt = None,

@@ -89,7 +89,12 @@ def test_distillation_data_is_cached(tiny_model: Path, prompts: Path) -> None:
     assert any(s.ids[: s.prompt_len] == list(prompt_ids) for s in first)
     again, path2, cached = distill_sequences(base, tokenizer, "tiny", prompts, **kwargs)
     assert cached and path2 == path
-    assert [s.ids for s in again] == [s.ids for s in first] == [s.ids for s in load_sequences(path)]
+    assert [s.ids for s in again] == [s.ids for s in first]
+    assert sorted(s.ids for s in load_sequences(path)) == sorted(s.ids for s in first)
+    fewer, _, cached = distill_sequences(base, tokenizer, "tiny", prompts, count=2, max_tokens=10, batch_size=3)
+    assert cached and [s.ids for s in fewer] == [s.ids for s in first[:2]]
+    more, _, cached = distill_sequences(base, tokenizer, "tiny", prompts, count=6, max_tokens=10, batch_size=3)
+    assert not cached and [s.ids for s in more[:4]] == [s.ids for s in first] and len(load_sequences(path)) == 6
     _, other, cached = distill_sequences(base, tokenizer, "tiny", prompts, count=4, max_tokens=8, batch_size=3)
     assert not cached and other != path
 

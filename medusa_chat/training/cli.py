@@ -45,6 +45,7 @@ def train_cmd(
     batch_size: int = typer.Option(256, min=1, help="Token positions per optimizer step."),
     max_tokens: int = typer.Option(160, min=1, help="Answer length cap for the self-distillation data."),
     num_prompts: int = typer.Option(800, min=1, help="How many training prompts the base model answers."),
+    max_prompt_tokens: int = typer.Option(512, min=1, help="Skip prompts longer than this (chat template included)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
     eval_limit: int = typer.Option(100, min=0, help="Dev prompts for the final accuracy check (0: skip)."),
@@ -58,8 +59,8 @@ def train_cmd(
     config = TrainConfig(
         model=model, prompts=str(prompts), dev_prompts=str(dev_prompts), out=str(out), num_heads=num_heads,
         num_layers=num_layers, shared_projection=shared, targets=targets.value, full_vocab=full_vocab, epochs=epochs,
-        lr=lr, batch_size=batch_size, max_tokens=max_tokens, num_prompts=num_prompts, device=device,
-        eval_limit=eval_limit, checkpoint_every=checkpoint_every,
+        lr=lr, batch_size=batch_size, max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens,
+        num_prompts=num_prompts, device=device, eval_limit=eval_limit, checkpoint_every=checkpoint_every,
         command=shlex.join(["medusa-chat", *sys.argv[1:]]),
     )
     try:

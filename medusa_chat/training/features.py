@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .distill_data import Sequence
+from .distill_data import Sequence, sequences_digest
 
 if TYPE_CHECKING:
     import torch
@@ -89,13 +89,14 @@ def extract_features(
 def load_or_extract(
     model: PreTrainedModel,
     sequences: list[Sequence],
-    data_file: Path,
+    directory: Path,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Features, bool]:
-    """Features for the sequences cached in ``data_file``; returns (features, loaded from cache)."""
+    """Features for ``sequences``, cached in ``directory``; returns (features, loaded from cache)."""
     import torch
 
-    path = data_file.with_name(f"{data_file.stem}.features-{str(model.dtype).removeprefix('torch.')}.pt")
+    dtype = str(model.dtype).removeprefix("torch.")
+    path = directory / f"features-{sequences_digest(sequences)}-{dtype}.pt"
     if path.is_file():
         return Features(**torch.load(path, weights_only=True)), True
     features = extract_features(model, sequences, progress=progress)

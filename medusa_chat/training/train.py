@@ -55,6 +55,7 @@ class TrainConfig:
     lr: float = 1e-3
     batch_size: int = 256
     max_tokens: int = 160
+    max_prompt_tokens: int = 512
     num_prompts: int = 800
     gen_batch_size: int = 16
     device: str = "cpu"
@@ -66,7 +67,7 @@ class TrainConfig:
 
     # Settings that must match for --resume to continue a run.
     RESUME_KEYS = ("model", "prompts", "num_heads", "num_layers", "shared_projection", "targets", "full_vocab",
-                   "epochs", "lr", "batch_size", "max_tokens", "num_prompts", "seed")
+                   "epochs", "lr", "batch_size", "max_tokens", "max_prompt_tokens", "num_prompts", "seed")
 
 
 def lr_at(step: int, total: int, peak: float) -> float:
@@ -188,12 +189,12 @@ def train(
     with tqdm(desc="generating answers", unit="prompt") as bar:
         sequences, data_file, data_cached = distill_sequences(
             base, tokenizer, _model_id(config.model), config.prompts, count=config.num_prompts,
-            max_tokens=config.max_tokens, batch_size=config.gen_batch_size,
+            max_tokens=config.max_tokens, batch_size=config.gen_batch_size, max_prompt_tokens=config.max_prompt_tokens,
             progress=lambda done, total: _advance(bar, done, total),
         )
     log(f"{'reused' if data_cached else 'generated'} {len(sequences)} sequences ({data_file})")
     with tqdm(desc="base hidden states", unit="seq") as bar:
-        feats, cached = load_or_extract(base, sequences, data_file, lambda d, n: _advance(bar, d, n))
+        feats, cached = load_or_extract(base, sequences, data_file.parent, lambda d, n: _advance(bar, d, n))
     feats = Features(**{k: v.to(device) for k, v in feats.as_dict().items()})
     log(f"{'reused' if cached else 'computed'} features: {len(feats)} positions")
 
@@ -314,7 +315,8 @@ def model_card(
         "",
         f"Self-distillation: the base model answered the first {config.num_prompts} prompts of",
         f"`{Path(config.prompts).name}`",
-        f"(prompts longer than 512 tokens skipped; {sequences} sequences kept) with its own chat template, **greedy**",
+        f"(prompts over {config.max_prompt_tokens} tokens skipped; {sequences} sequences kept) with its own chat",
+        "template, **greedy**",
         f"decoding (bf16 forward), at most {config.max_tokens} new tokens. Greedy because the heads must predict the",
         "model's own greedy continuation: that is what the app's verifier accepts. Training rows: the last prompt",
         f"position and every answer position ({positions} in all). Cache file: `{data}`.",
