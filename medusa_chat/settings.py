@@ -41,6 +41,9 @@ class Settings:
     tree: str = TREE_AUTO
     posterior_threshold: float = 0.09
     posterior_alpha: float = 0.3
+    acceptance: str = "typical"
+    prompt_lookup: int = 10
+    auto_fallback: bool = True
     system_prompt: str = ""
     theme: str = DEFAULT_THEME
     medusa: bool = True
@@ -64,6 +67,9 @@ class Settings:
             "top_p": self.top_p,
             "posterior_threshold": self.posterior_threshold,
             "posterior_alpha": self.posterior_alpha,
+            "acceptance": self.acceptance,
+            "prompt_lookup": self.prompt_lookup,
+            "auto_fallback": self.auto_fallback,
         }
 
 
@@ -91,6 +97,7 @@ _RANGES: dict[str, tuple[type, float, float, str]] = {
     "max_new_tokens": (int, 1, 32768, "between 1 and 32768"),
     "posterior_threshold": (float, 0.0, 1.0, "between 0 and 1"),
     "posterior_alpha": (float, 0.0, 1.0, "between 0 and 1"),
+    "prompt_lookup": (int, 0, 64, "between 0 (off) and 64"),
 }
 
 
@@ -102,7 +109,13 @@ def coerce(name: str, value: Any) -> Any:
         if not low <= number <= high:
             raise ValueError(f"must be {text}")
         return number
-    if name in ("medusa", "colour_tokens"):
+    if name == "acceptance":
+        from .engine.config import ACCEPTANCE_MODES
+
+        if value not in ACCEPTANCE_MODES:
+            raise ValueError(f"must be one of {', '.join(ACCEPTANCE_MODES)}")
+        return value
+    if name in ("medusa", "colour_tokens", "auto_fallback"):
         if not isinstance(value, bool):
             raise ValueError("must be true or false")
         return value
@@ -212,7 +225,17 @@ def load(path: Path | None = None) -> tuple[Settings, list[str]]:
     return settings, problems
 
 
-_GENERATION_KEYS = ("temperature", "top_p", "max_new_tokens", "tree", "posterior_threshold", "posterior_alpha")
+_GENERATION_KEYS = (
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "tree",
+    "posterior_threshold",
+    "posterior_alpha",
+    "acceptance",
+    "prompt_lookup",
+    "auto_fallback",
+)
 
 
 def save(settings: Settings, path: Path | None = None) -> Path:

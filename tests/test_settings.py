@@ -67,3 +67,18 @@ def test_bad_file_falls_back_to_defaults(tmp_path):
 def test_toml_writer_round_trips_any_text(text, keymap):
     doc = {"system_prompt": text, "keymap": keymap}
     assert tomllib.loads(s.dumps(doc)) == doc
+
+
+def test_engine_options_are_validated_and_reach_the_generation_config():
+    from medusa_chat.engine.config import GenerationConfig
+    from medusa_chat.settings import Settings, SettingsError, parse_form
+
+    new = parse_form(Settings(), {"acceptance": "exact", "prompt_lookup": "4", "auto_fallback": False})
+    config = GenerationConfig(**new.generation_kwargs(), medusa=True)
+    assert (config.acceptance, config.prompt_lookup, config.auto_fallback) == ("exact", 4, False)
+    try:
+        parse_form(Settings(), {"acceptance": "nucleus", "prompt_lookup": "-1"})
+    except SettingsError as exc:
+        assert set(exc.errors) == {"acceptance", "prompt_lookup"}
+    else:
+        raise AssertionError("invalid values were accepted")

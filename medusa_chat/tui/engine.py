@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..engine.config import GenerationConfig
 from ..engine.events import GenerationStats, StepEvent
 
 SPARK_WINDOW = 48
@@ -65,15 +66,12 @@ def default_engine_factory(request: LoadRequest) -> LoadedLike:
     )
 
 
-def generation_config(loaded: Any, **kwargs: Any) -> Any:
-    """A ``GenerationConfig`` for ``loaded`` (a scripted engine may bring its own config class)."""
-    cls = getattr(loaded, "config_class", None)
-    if cls is None:
-        from ..engine.generator import GenerationConfig as cls
+def generation_config(loaded: Any, **kwargs: Any) -> GenerationConfig:
+    """A ``GenerationConfig`` for ``loaded``, with its chat template's stop strings."""
     stop_strings = tuple(getattr(loaded, "stop_strings", ()) or ())
     if stop_strings and "stop_strings" not in kwargs:
         kwargs["stop_strings"] = stop_strings
-    return cls(**kwargs)
+    return GenerationConfig(**kwargs)
 
 
 def is_context_error(exc: BaseException) -> bool:
@@ -96,8 +94,10 @@ class Gauges:
     current: int = 0
     recent: deque[int] = field(default_factory=lambda: deque(maxlen=SPARK_WINDOW))
     final: GenerationStats | None = None
+    fallback: bool = False  # the latest step was plain decoding chosen by automatic fallback
 
     def add(self, event: StepEvent) -> None:
+        self.fallback = event.fallback
         self.steps += 1
         self.tokens += event.accepted
         self.head_tokens += sum(1 for h in event.from_heads if h)
@@ -174,18 +174,6 @@ def sparkline(values: list[int] | deque[int], width: int = 24) -> str:
 
 
 # --- a scripted, deterministic engine (snapshot tests, demos) --------------------------------------
-
-
-@dataclass
-class ScriptedConfig:
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    medusa: bool = True
-    posterior_threshold: float = 0.09
-    posterior_alpha: float = 0.3
-    stop_strings: tuple[str, ...] = ()
-    seed: int | None = None
 
 
 DEFAULT_SCRIPT = (
@@ -294,7 +282,6 @@ class ScriptedModel:
     tree_name: str = "cpu_8"
     num_heads: int = 3
     plain_tps: float = 50.0
-    config_class: type = ScriptedConfig
 
     def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
         return [len(m["content"]) for m in messages]

@@ -13,7 +13,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Footer, Input, Label, Select, Static, TextArea
+from textual.widgets import Button, Footer, Input, Label, Select, Static, Switch, TextArea
 
 from ...settings import Settings, SettingsError, parse_form, tree_choices
 
@@ -26,6 +26,11 @@ NUMBER_FIELDS: list[tuple[str, str, str]] = [
     ("max_new_tokens", "Max new tokens", "1 – 32768"),
     ("posterior_threshold", "Typical acceptance: threshold ε", "0 – 1 (sampling only)"),
     ("posterior_alpha", "Typical acceptance: alpha δ", "0 – 1 (sampling only)"),
+    ("prompt_lookup", "Prompt-lookup draft", "tokens copied from the context into each tree; 0 = off"),
+]
+ACCEPTANCE_CHOICES = [
+    ("typical (fast, approximate)", "typical"),
+    ("exact (lossless sampling)", "exact"),
 ]
 
 
@@ -61,6 +66,16 @@ class SettingsScreen(ModalScreen[Settings | None]):
                     yield Select([(t, t) for t in trees], value=s.tree, allow_blank=False, id="field-tree")
                     yield Static("auto = the model's default", classes="field-hint")
                 yield Static("", id="error-tree", classes="field-error")
+                with Horizontal(classes="field"):
+                    yield Label("Sampling acceptance", classes="field-label")
+                    yield Select(ACCEPTANCE_CHOICES, value=s.acceptance, allow_blank=False, id="field-acceptance")
+                    yield Static("with temperature > 0", classes="field-hint")
+                yield Static("", id="error-acceptance", classes="field-error")
+                with Horizontal(classes="field"):
+                    yield Label("Automatic fallback", classes="field-label")
+                    yield Switch(s.auto_fallback, id="field-auto_fallback")
+                    yield Static("decode plainly while Medusa is measured slower", classes="field-hint")
+                yield Static("", id="error-auto_fallback", classes="field-error")
                 themes = list(self.themes)
                 if s.theme not in themes:
                     themes.append(s.theme)
@@ -82,6 +97,8 @@ class SettingsScreen(ModalScreen[Settings | None]):
             name: self.query_one(f"#field-{name}", Input).value for name, _, _ in NUMBER_FIELDS
         }
         values["tree"] = self.query_one("#field-tree", Select).value
+        values["acceptance"] = self.query_one("#field-acceptance", Select).value
+        values["auto_fallback"] = self.query_one("#field-auto_fallback", Switch).value
         values["theme"] = self.query_one("#field-theme", Select).value
         values["system_prompt"] = self.query_one("#field-system_prompt", TextArea).text
         return values

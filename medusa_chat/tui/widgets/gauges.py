@@ -19,6 +19,12 @@ ACCEPT_HELP = (
 )
 
 
+FALLBACK_HELP = (
+    "Automatic fallback: plain decoding was measured faster than Medusa for this model on this machine, "
+    "so the engine decodes plainly and tries Medusa again every few dozen steps (Settings: Automatic fallback)."
+)
+
+
 def speedup_text(gauges: Gauges) -> str:
     speedup = gauges.speedup
     if speedup is None:
@@ -51,7 +57,9 @@ class GaugeBar(Horizontal):
 
     def show(self, gauges: Gauges | None, medusa: bool, baseline: float | None) -> None:
         mode = self.query_one("#gauge-mode", Static)
-        mode.update("Medusa ON" if medusa else "Medusa OFF")
+        fallback = medusa and gauges is not None and gauges.fallback
+        mode.update("Medusa ON → plain (faster here)" if fallback else "Medusa ON" if medusa else "Medusa OFF")
+        mode.tooltip = FALLBACK_HELP if fallback else None
         mode.set_class(medusa, "-on")
         mode.set_class(not medusa, "-off")
         accepted = self.query_one("#gauge-accepted", Static)
