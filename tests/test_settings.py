@@ -76,9 +76,6 @@ def test_engine_options_are_validated_and_reach_the_generation_config():
     new = parse_form(Settings(), {"acceptance": "exact", "prompt_lookup": "4", "auto_fallback": False})
     config = GenerationConfig(**new.generation_kwargs(), medusa=True)
     assert (config.acceptance, config.prompt_lookup, config.auto_fallback) == ("exact", 4, False)
-    try:
+    with pytest.raises(SettingsError) as caught:
         parse_form(Settings(), {"acceptance": "nucleus", "prompt_lookup": "-1"})
-    except SettingsError as exc:
-        assert set(exc.errors) == {"acceptance", "prompt_lookup"}
-    else:
-        raise AssertionError("invalid values were accepted")
+    assert set(caught.value.errors) == {"acceptance", "prompt_lookup"}
