@@ -166,8 +166,9 @@ def test_tune_end_to_end_writes_the_tree_and_a_report(fitted_model_dir, tmp_path
         assert key in report
     assert report["name"] == "tuned" and report["device"] == "cpu" and report["dtype"] == "fp32"
     assert set(report["measured"]) == {"plain", "tuned", "chain-2"}
-    assert report["tree_size"] == len(report["choices"]) + 1 >= 2  # the overfitted heads pay for a tree
-    assert report["measured_accepted"] > 1.5 and report["predicted_accepted"] > 1.5
+    assert report["tree_size"] == len(report["choices"]) + 1 and report["predicted_speedup"] >= 1.0
+    # the heads were overfitted to this answer: acceptance is high, as calibrated and as measured
+    assert report["rank_hits"][0][0] > 0.5 and report["measured"]["chain-2"]["mean_accepted"] > 1.5
     sizes = [int(q) for q in report["costs"]]
     assert sizes == measurement_sizes(max(sizes))
     assert tuned_tree(report["model"], "cpu", "fp32", num_heads=4) == report["choices"]
