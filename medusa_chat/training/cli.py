@@ -38,7 +38,7 @@ def train_cmd(
     num_heads: int = typer.Option(4, min=1, max=10, help="Number of Medusa heads."),
     num_layers: int = typer.Option(1, min=1, help="Residual blocks per head."),
     shared: bool = typer.Option(True, "--shared/--per-head", help="Share the base lm_head or give each head its own."),
-    targets: Targets = typer.Option(Targets.soft, help="soft: the base's distribution; hard: its greedy token."),
+    targets: Targets = typer.Option(Targets.hard, help="soft: the base's distribution; hard: its greedy token."),
     full_vocab: bool = typer.Option(False, "--full-vocab", help="Softmax over all tokens, not the data's shortlist."),
     epochs: int = typer.Option(2, min=1),
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warm-up then cosine)."),

@@ -49,7 +49,7 @@ class TrainConfig:
     num_heads: int = 4
     num_layers: int = 1
     shared_projection: bool = True
-    targets: str = "soft"
+    targets: str = "hard"
     full_vocab: bool = False
     epochs: int = 2
     lr: float = 1e-3
@@ -313,13 +313,12 @@ def model_card(
         "",
         "## Data",
         "",
-        f"Self-distillation: the base model answered the first {config.num_prompts} prompts of",
-        f"`{Path(config.prompts).name}`",
-        f"(prompts over {config.max_prompt_tokens} tokens skipped; {sequences} sequences kept) with its own chat",
-        "template, **greedy**",
-        f"decoding (bf16 forward), at most {config.max_tokens} new tokens. Greedy because the heads must predict the",
-        "model's own greedy continuation: that is what the app's verifier accepts. Training rows: the last prompt",
-        f"position and every answer position ({positions} in all). Cache file: `{data}`.",
+        f"Self-distillation: the base model answered the first {config.num_prompts} prompts of "
+        f"`{Path(config.prompts).name}` (prompts over {config.max_prompt_tokens} tokens skipped; {sequences} kept)",
+        "with its own chat template, **greedy** decoding (bf16 forward), at most "
+        f"{config.max_tokens} new tokens. Greedy because the heads must predict the model's own greedy",
+        "continuation: that is what the app's verifier accepts. Training rows: the last prompt position and every",
+        f"answer position ({positions} in all). Answer cache: `{data}` under the cache directory.",
         "",
         "The prompts come from medusa-chat's prompt set (English instructions without responses; the responses are",
         "the base model's own). Sources and licences: databricks-dolly-15k (CC BY-SA 3.0, Copyright (2023)",
@@ -339,7 +338,7 @@ def model_card(
         + ("the full vocabulary" if config.full_vocab else "the tokens of the data or of the base's top-5 anywhere"),
         f"- loss: sum over heads of 0.8**i x loss of head i; AdamW, lr {config.lr}, 3 % warm-up then cosine;"
         f" {config.epochs} epoch(s) of batches of {config.batch_size} positions",
-        f"- wall time: {seconds / 60:.1f} min on {config.device} (including data generation unless cached)",
+        f"- wall time of the run: {seconds / 60:.1f} min on {config.device} (incl. answer generation if not cached)",
         "",
         "## Accuracy on the dev prompts",
         "",
