@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from .units import human_bytes, human_duration
+
 models_app = typer.Typer(help="List, download, inspect and remove models.", no_args_is_help=True)
 
 NameArg = Annotated[str, typer.Argument(help="Catalogue name, local directory or Hub repo id (owner/name[@rev]).")]
@@ -16,21 +18,6 @@ NameArg = Annotated[str, typer.Argument(help="Catalogue name, local directory or
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(1)
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}:{secs:02d}"
 
 
 def _spec(name: str):
@@ -77,13 +64,14 @@ def list_models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
     if as_json:
         typer.echo(json.dumps({"device": device, "models": rows}, indent=2))
         return
-    typer.echo(f"memory: {device['name']} ({device['kind']}), {_size(device['available'])} available")
+    typer.echo(f"memory: {device['name']} ({device['kind']}), {human_bytes(device['available'])} available")
     typer.echo(f"{'name':30s} {'cached':8s} {'on disk':>9s} {'to fetch':>9s}   fp16 / 8-bit / 4-bit (fits?)")
     for row in rows:
         cached = "yes" if row["cached"] else "partial" if row["size_on_disk"] else "no"
-        memory = " / ".join(f"{_size(m['bytes'])} {'✓' if m['fits'] else '✗'}" for m in row["memory"].values())
+        memory = " / ".join(f"{human_bytes(m['bytes'])} {'✓' if m['fits'] else '✗'}" for m in row["memory"].values())
         typer.echo(
-            f"{row['name']:30s} {cached:8s} {_size(row['size_on_disk']):>9s} {_size(row['to_download']):>9s}   {memory}"
+            f"{row['name']:30s} {cached:8s} {human_bytes(row['size_on_disk']):>9s} "
+            f"{human_bytes(row['to_download']):>9s}   {memory}"
         )
 
 
@@ -111,7 +99,7 @@ def info(
         "license": spec.license,
         "source": spec.source,
         "cached": "yes" if state.complete else "no",
-        "on disk": _size(state.size_on_disk),
+        "on disk": human_bytes(state.size_on_disk),
         "path": state.path,
         "note": spec.note,
     }
@@ -124,8 +112,8 @@ def info(
         except HubError as exc:
             _fail(str(exc))
         for f in the_plan.files:
-            typer.echo(f"  {f.repo_id}/{f.filename:40s} {_size(f.size):>9s}")
-        typer.echo(f"total {_size(the_plan.total)}, still to download {_size(the_plan.missing)}")
+            typer.echo(f"  {f.repo_id}/{f.filename:40s} {human_bytes(f.size):>9s}")
+        typer.echo(f"total {human_bytes(the_plan.total)}, still to download {human_bytes(the_plan.missing)}")
 
 
 @models_app.command("download")
@@ -142,8 +130,8 @@ def download(name: NameArg) -> None:
         width = 30
         filled = int(width * event.downloaded / event.total) if event.total else width
         line = (
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {_size(event.downloaded)}/{_size(event.total)} "
-            f"{_size(int(event.rate))}/s ETA {_duration(event.eta)}  {event.filename[-30:]:30s}"
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {human_bytes(event.downloaded)}/{human_bytes(event.total)} "
+            f"{human_bytes(int(event.rate))}/s ETA {human_duration(event.eta)}  {event.filename[-30:]:30s}"
         )
         typer.echo(line, nl=event.done, err=True)
 
@@ -190,8 +178,8 @@ def remove(
         _fail(f"{spec.label} is not in the Hugging Face cache (it is local or packaged)")
     size = cached_state(spec).size_on_disk
     if not yes:
-        typer.confirm(f"Delete {', '.join(spec.hub_repos)} ({_size(size)}) from the cache?", abort=True)
-    typer.echo(f"freed {_size(delete(spec, keep_base=keep_base))}")
+        typer.confirm(f"Delete {', '.join(spec.hub_repos)} ({human_bytes(size)}) from the cache?", abort=True)
+    typer.echo(f"freed {human_bytes(delete(spec, keep_base=keep_base))}")
 
 
 def export_cmd(

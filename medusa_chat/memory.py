@@ -33,7 +33,12 @@ def estimate_bytes(params: int, precision: str) -> int:
     """Memory to run a model of ``params`` parameters at ``precision`` (fp16, 8-bit or 4-bit)."""
     if precision not in BYTES_PER_PARAM:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(BYTES_PER_PARAM)}")
-    return int(params * BYTES_PER_PARAM[precision] * OVERHEAD)
+    return bytes_needed(params, BYTES_PER_PARAM[precision])
+
+
+def bytes_needed(params: int, bytes_per_param: float) -> int:
+    """Weights at ``bytes_per_param`` plus the runtime overhead."""
+    return int(params * bytes_per_param * OVERHEAD)
 
 
 def estimates(params: int, device: Device) -> list[Estimate]:

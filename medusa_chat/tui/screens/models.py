@@ -18,6 +18,8 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Footer, ProgressBar, Select, Static
 
+from ...memory import bytes_needed
+from ...units import human_bytes, human_duration
 from ..engine import LoadRequest
 
 if TYPE_CHECKING:
@@ -31,25 +33,6 @@ PRECISIONS: list[tuple[str, str, float]] = [
     ("fp16", "fp16", 2.0),
     ("fp32", "fp32", 4.0),
 ]
-OVERHEAD = 1.2  # activations, KV cache and heads on top of the weights (as medusa_chat.memory)
-
-
-def human_bytes(n: float) -> str:
-    if n <= 0:
-        return "–"
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
-
-
-def human_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def machine_memory() -> int:
@@ -70,7 +53,7 @@ def machine_memory() -> int:
 
 def estimate(params: int, bytes_per_param: float) -> int:
     """Memory to run a model: weights at the precision plus an overhead."""
-    return int(params * bytes_per_param * OVERHEAD)
+    return bytes_needed(params, bytes_per_param)
 
 
 def request_for(name: str, precision: str) -> LoadRequest:
@@ -218,7 +201,7 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
         for row in message.rows:
             state = "downloading" if row.name == self.downloading else row.state
             label = row.name + (" (loaded)" if row.name == self.current else "")
-            cells = [label, state, human_bytes(row.size)]
+            cells = [label, state, human_bytes(row.size) if row.size > 0 else "–"]
             cells += [self._memory_cell(row.params, b) for _, _, b in PRECISIONS[1:]]
             table.add_row(*cells, key=row.name)
         memory = f"available here: {human_bytes(self.memory)}" if self.memory else "memory unknown"
@@ -325,7 +308,7 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
         rate = getattr(p, "rate", 0.0)
         self.query_one("#download-label", Static).update(
             f"{message.name}: {human_bytes(done)} / {human_bytes(total or 0)} · {human_bytes(rate)}/s · "
-            f"ETA {human_eta(getattr(p, 'eta', None))} · {getattr(p, 'filename', '')}"
+            f"ETA {human_duration(getattr(p, 'eta', None))} · {getattr(p, 'filename', '')}"
         )
 
     @on(DownloadEnded)
