@@ -460,17 +460,7 @@ class MedusaChatApp(App[None]):
         yield from super().get_system_commands(screen)
 
 
-def run_app(
-    model: str | None = None,
-    quant: str | None = None,
-    theme: str | None = None,
-    tree: str | None = None,
-    dtype: str | None = None,
-    heads: str | None = None,
-    engine_factory: EngineFactory | None = None,
-) -> None:
-    """Run the TUI (the CLI's default command): opens directly on ``model`` (loaded in the background)."""
-    app = MedusaChatApp(
-        model=model, quant=quant, theme=theme, tree=tree, dtype=dtype, heads=heads, engine_factory=engine_factory
-    )
+def run_app(**options: Any) -> None:
+    """Run the TUI (the CLI's default command); ``options`` are :class:`MedusaChatApp`'s (model, quant, ...)."""
+    app = MedusaChatApp(**options)
     app.run()
