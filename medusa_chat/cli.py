@@ -96,7 +96,7 @@ def generate(
     ] = "typical",
     lookup: Annotated[
         int, typer.Option("--lookup", min=0, help="Add prompt-lookup drafts of up to N tokens to the tree (0: off).")
-    ] = 0,
+    ] = 10,
     auto_fallback: Annotated[
         bool, typer.Option("--auto-fallback", help="Decode plainly while that is measured to be faster.")
     ] = False,
