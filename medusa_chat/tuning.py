@@ -13,8 +13,9 @@ Here the size is chosen by speed, from measurements on the user's own machine, m
    probabilities (the root, the base model's own token, always counts).
 2. **Growth.** As the reference: repeatedly add the most probable node whose parent is in the tree.
 3. **Step cost.** Real generator steps (heads, tree forward, acceptance, KV compaction) with the
-   growth order's first q-1 nodes (q slots), on a cache of a few hundred tokens, relative to a
-   plain step; sizes and plain steps are interleaved and each ratio is a median.
+   growth order's first q-1 nodes (q slots), relative to plain steps run next to them, on a
+   calibration answer cut to the mean cache length of a step (the ratio falls as the cache
+   grows); sizes are rotated between rounds and each ratio is a median.
 4. **Choice.** The size q with the highest expected accepted length / step cost (costs are
    made non-decreasing from 4 slots on, since a dip is noise the choice would fall into, and
    interpolated between measured sizes); then greedy generation with the chosen tree against
@@ -34,6 +35,7 @@ import statistics
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -53,7 +55,6 @@ Progress = Callable[[str, int, int], None]
 """Called as ``progress(phase, done, total)`` while tuning."""
 
 TUNED_NAME = "tuned"
-COST_PROMPT_TOKENS = 320
 
 
 # -- acceptance model --------------------------------------------------------------------------------
@@ -212,13 +213,31 @@ def build_best_tree(
 # -- measurements ------------------------------------------------------------------------------------
 
 
-def collect_ranks(
+@dataclass
+class Calibration:
+    """Greedy answers to the calibration prompts and, per scored step, the rank of each head's true token."""
+
+    ranks: list[tuple[int, ...]]
+    sequences: list[list[int]]  # prompt ids + answer ids
+    prompt_lengths: list[int]
+
+    def typical_context(self) -> list[int]:
+        """The longest sequence cut to the mean cache length of a decoding step (prompt + half the answer).
+
+        A step's cost relative to a plain one falls as the cache grows (attention over the cache
+        is paid by both, the extra tree tokens are not), so costs are measured at this length.
+        """
+        lengths = [p + (len(s) - p) / 2 for s, p in zip(self.sequences, self.prompt_lengths, strict=True)]
+        return max(self.sequences, key=len)[: max(1, round(statistics.mean(lengths)))]
+
+
+def calibrate(
     generator: Generator,
     prompts_ids: Sequence[Sequence[int]],
     steps: int,
     progress: Progress | None = None,
-) -> list[tuple[int, ...]]:
-    """Per greedy step of each prompt's answer, the rank of every head's true token (``RANK_MISS`` if none).
+) -> Calibration:
+    """Answer each prompt greedily and rank every head's true token at every step (``RANK_MISS`` if none).
 
     At step s the heads read the hidden state that predicted answer token s (the step's root);
     head i is scored against answer token s + 1 + i, as a Medusa step would accept it.
@@ -227,14 +246,18 @@ def collect_ranks(
     k = heads.num_heads
     decoder = generator.model.get_decoder()
     lm_head = generator.model.get_output_embeddings()
-    rows: list[tuple[int, ...]] = []
+    result = Calibration([], [], [])
+    if progress:
+        progress("acceptance", 0, len(prompts_ids))
     for n, ids in enumerate(prompts_ids, start=1):
         generator.reset()
         answer = generator.generate(ids, GenerationConfig(max_new_tokens=steps + k, medusa=False)).token_ids
+        result.sequences.append([*ids, *answer])
+        result.prompt_lengths.append(len(ids))
         scored = min(steps, len(answer) - k)
         if scored > 0:
             with torch.inference_mode():
-                seq = torch.tensor([[*ids, *answer]], device=generator.device)
+                seq = torch.tensor([result.sequences[-1]], device=generator.device)
                 hidden = decoder(input_ids=seq, use_cache=False).last_hidden_state[0]
                 hidden = hidden[len(ids) - 1 : len(ids) - 1 + scored]
                 top = heads(hidden, lm_head).topk(TOPK, dim=-1).indices  # [K, S, TOPK]
@@ -242,11 +265,11 @@ def collect_ranks(
             truth = torch.stack([truth[1 + i : 1 + i + scored] for i in range(k)])  # [K, S]
             match = top == truth[..., None]
             ranks = torch.where(match.any(-1), match.int().argmax(-1), RANK_MISS)
-            rows.extend(tuple(row) for row in ranks.T.tolist())
+            result.ranks.extend(tuple(row) for row in ranks.T.tolist())
         if progress:
             progress("acceptance", n, len(prompts_ids))
     generator.reset()
-    return rows
+    return result
 
 
 def measurement_sizes(largest: int) -> list[int]:
@@ -271,10 +294,10 @@ def measure_step_costs(
 ) -> dict[int, float]:
     """The cost of a real Medusa step with a tree of each size (slots), relative to a plain step.
 
-    Each round runs ``steps`` generator steps at every size and plain, in rotated order, from
-    ``prompt_ids`` (use a few hundred tokens: the cache length matters); the cost at a size is the
-    median over rounds of its median step time divided by the same round's plain one. The tree of
-    size q is the first q-1 nodes of ``order`` (default: a typical greedy-grown tree).
+    Each round runs ``steps`` generator steps at every size (in rotated order) next to as many
+    plain steps, from ``prompt_ids`` (the cache length matters: use a typical one); the cost at a
+    size is the median over rounds of its median step time divided by the adjacent plain one's.
+    The tree of size q is the first q-1 nodes of ``order`` (default: a typical greedy-grown tree).
     End-of-sequence tokens do not stop these runs. The generator's tree is restored afterwards.
     """
     heads = _require_heads(generator)
@@ -289,19 +312,20 @@ def measure_step_costs(
     saved_tree, saved_name, saved_eos = generator.tree.choices, generator.tree_name, generator.eos_ids
     generator.eos_ids = set()
     ratios: dict[int, list[float]] = {q: [] for q in sizes}
+    total = repeats * len(sizes)
     try:
         for tree in trees.values():  # warm-up: first calls of a new shape allocate and pick kernels
             _step_times(generator, prompt_ids, tree, 2)
-        keys = list(trees)
+        if progress:
+            progress("step cost", 0, total)
         for rep in range(repeats):
-            shift = rep % len(keys)
-            times: dict[int, float] = {}
-            for q in keys[shift:] + keys[:shift]:
-                times[q] = statistics.median(_step_times(generator, prompt_ids, trees[q], steps))
-                if progress:
-                    progress("step cost", rep * len(keys) + len(times), repeats * len(keys))
-            for q in sizes:
+            shift = rep % len(sizes)
+            for n, q in enumerate(sizes[shift:] + sizes[:shift]):
+                pair = (1, q) if (rep + n) % 2 else (q, 1)
+                times = {key: statistics.median(_step_times(generator, prompt_ids, trees[key], steps)) for key in pair}
                 ratios[q].append(times[q] / times[1])
+                if progress:
+                    progress("step cost", rep * len(sizes) + n + 1, total)
     finally:
         generator.eos_ids = saved_eos
         generator.set_tree([list(c) for c in saved_tree], name=saved_name)
@@ -357,6 +381,8 @@ def measure_speedups(
     try:
         for method in methods:
             run(method, prompts_ids[0], 8)
+        if progress:
+            progress("speed check", 0, len(prompts_ids))
         for n, ids in enumerate(prompts_ids):
             shift = n % len(methods)
             for method in methods[shift:] + methods[:shift]:
@@ -415,14 +441,14 @@ def tune(
         raise ValueError("no calibration prompts")
     prompts_ids = [loaded.chat_ids([{"role": "user", "content": p}]) for p in prompts]
 
-    acceptance = ConditionalAcceptance(collect_ranks(generator, prompts_ids, steps, progress), prior_strength)
+    calibration = calibrate(generator, prompts_ids, steps, progress)
+    acceptance = ConditionalAcceptance(calibration.ranks, prior_strength)
     order = grow_tree(acceptance, heads.num_heads, max_nodes)
     if not order:
         raise ValueError("the heads never guessed right on the calibration prompts: nothing to tune")
     sizes = measurement_sizes(len(order) + 1)
-    costs = measure_step_costs(
-        generator, sizes, _cost_prompt(loaded, prompts, generator.max_context), repeats, order=order, progress=progress
-    )
+    context = calibration.typical_context()
+    costs = measure_step_costs(generator, sizes, context, repeats, order=order, progress=progress)
     used = smooth_costs(costs)
     choices, predicted = build_best_tree(acceptance, used, heads.num_heads, max_nodes)
     curve = predicted_speedups(order, acceptance, used)
@@ -451,6 +477,7 @@ def tune(
         "measured": {m: {k: round(v, 4) for k, v in r.items()} for m, r in measured.items()},
         "rank_hits": [[round(x, 5) for x in rates] for rates in acceptance.rank_hits],
         "calibration_steps": acceptance.samples,
+        "cost_context_tokens": len(context),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": {
             "heads": heads.num_heads,
@@ -465,17 +492,6 @@ def tune(
             "machine": platform.machine(),
         },
     }
-
-
-def _cost_prompt(loaded, prompts: Sequence[str], max_context: int) -> list[int]:
-    """One chat prompt of about ``COST_PROMPT_TOKENS`` tokens (joined calibration prompts), within the context."""
-    target = min(COST_PROMPT_TOKENS, max_context // 2)
-    ids: list[int] = []
-    for count in range(1, len(prompts) + 1):
-        ids = loaded.chat_ids([{"role": "user", "content": "\n\n".join(prompts[:count])}])
-        if len(ids) >= target:
-            break
-    return ids[-target:] if len(ids) > target else ids
 
 
 # -- saved trees -------------------------------------------------------------------------------------

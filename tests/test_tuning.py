@@ -16,6 +16,7 @@ from medusa_chat.engine.tree import TOPK
 from medusa_chat.loading import load_model
 from medusa_chat.tuning import (
     RANK_MISS,
+    Calibration,
     ConditionalAcceptance,
     build_best_tree,
     expected_accepted,
@@ -126,6 +127,11 @@ def test_saved_tree_round_trips_and_bad_files_are_ignored() -> None:
         path.write_text(corrupt, encoding="latin-1")
         with pytest.warns(UserWarning, match="ignoring the tuned tree"):
             assert tuned_tree("org/tiny model", "cpu", "bf16") is None
+
+
+def test_costs_are_measured_at_the_mean_cache_length_of_a_calibration_step() -> None:
+    calibration = Calibration(ranks=[], sequences=[[1] * 10 + [2] * 10, [3] * 4 + [4] * 2], prompt_lengths=[10, 4])
+    assert calibration.typical_context() == [1] * 10  # mean of 10 + 10/2 and 4 + 2/2
 
 
 def test_step_costs_come_from_real_generator_steps() -> None:
