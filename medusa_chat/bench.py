@@ -18,11 +18,15 @@ from pathlib import Path
 METHODS = ("plain", "medusa", "hf", "hf_lookup", "hybrid")
 DEFAULT_METHODS = ("plain", "medusa", "hf", "hf_lookup")
 LOOKUP_TOKENS = 10
-COPY_TASKS = (
-    "Repeat the following questions word for word, one per line:\n\n{text}",
-    "Number the following questions 1, 2, 3 without changing a single word:\n\n{text}",
-    "Quote each of these questions back to me exactly, in double quotes:\n\n{text}",
+FOLLOW_UPS = (
+    "Repeat your previous answer exactly.",
+    "Rewrite your answer, adding a title at the top.",
+    "Put your answer in a numbered list.",
+    "Quote the most important sentence of your answer, then explain it.",
 )
+"""Second turns that edit or quote the first answer: the copy-from-context case of real chats."""
+
+Conversation = list[dict[str, str]]
 
 
 @dataclass
@@ -58,13 +62,23 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
     return prompts
 
 
-def copy_tasks(prompts: list[str], per_task: int = 3) -> list[str]:
-    """Prompts whose answers copy from their context (repeat, number, quote), built from ``prompts``."""
-    tasks = []
-    for i in range(0, len(prompts) - per_task + 1, per_task):
-        text = "\n".join(p.strip().replace("\n", " ") for p in prompts[i : i + per_task])
-        tasks.append(COPY_TASKS[len(tasks) % len(COPY_TASKS)].format(text=text))
-    return tasks
+def copy_conversations(loaded, prompts: list[str], answer_tokens: int = 96) -> list[Conversation]:
+    """Two-turn chats: each prompt, the model's own greedy answer, then a follow-up that edits or quotes it."""
+    from .engine.generator import GenerationConfig
+
+    chats = []
+    for i, prompt in enumerate(prompts):
+        first = [{"role": "user", "content": prompt}]
+        loaded.generator.reset()
+        answer = loaded.generator.generate(loaded.chat_ids(first), GenerationConfig(max_new_tokens=answer_tokens))
+        follow_up = FOLLOW_UPS[i % len(FOLLOW_UPS)]
+        chats.append([*first, {"role": "assistant", "content": answer.text}, {"role": "user", "content": follow_up}])
+    loaded.generator.reset()
+    return chats
+
+
+def as_conversation(prompt: str | Conversation) -> Conversation:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
 
 
 def run_engine(loaded, ids: list[int], max_new_tokens: int, medusa: bool, lookup: int = 0) -> Run:
@@ -119,12 +133,12 @@ RUNNERS: dict[str, Callable] = {
 
 def bench(
     loaded,
-    prompts: list[str],
+    prompts: list[str | Conversation],
     max_new_tokens: int = 128,
     methods: Iterable[str] = DEFAULT_METHODS,
     on_run: Callable[[int, Run], None] | None = None,
 ) -> dict:
-    """Run every method on every prompt (rotating the order per prompt) and summarise."""
+    """Run every method on every prompt or conversation (rotating the order per prompt) and summarise."""
     methods = [m for m in METHODS if m in set(methods)]
     if "medusa" in methods and not loaded.generator.has_heads:
         raise ValueError(f"{loaded.name} has no Medusa heads to benchmark: pass --heads")
@@ -133,7 +147,7 @@ def bench(
         RUNNERS[method](loaded, warm, 4)
     per_prompt = []
     for i, prompt in enumerate(prompts):
-        ids = loaded.chat_ids([{"role": "user", "content": prompt}])
+        ids = loaded.chat_ids(as_conversation(prompt))
         order = methods[i % len(methods) :] + methods[: i % len(methods)]
         runs = {}
         for method in order:
@@ -144,7 +158,9 @@ def bench(
     return summarise(loaded, prompts, per_prompt, methods, max_new_tokens)
 
 
-def summarise(loaded, prompts: list[str], per_prompt: list[dict[str, Run]], methods: list[str], max_new_tokens: int):
+def summarise(
+    loaded, prompts: list[str | Conversation], per_prompt: list[dict[str, Run]], methods: list[str], max_new_tokens: int
+):
     """The ``{"summary": ..., "prompts": [...]}`` report."""
     import torch
 
@@ -200,7 +216,8 @@ def summarise(loaded, prompts: list[str], per_prompt: list[dict[str, Run]], meth
     }
     rows = []
     for prompt, runs in zip(prompts, per_prompt, strict=True):
-        row = {"prompt": prompt[:200]}
+        chat = as_conversation(prompt)
+        row = {"prompt": chat[0]["content"][:200], "turns": (len(chat) + 1) // 2, "last": chat[-1]["content"][:200]}
         for m, r in runs.items():
             data = asdict(r)
             data.pop("token_ids")

@@ -179,14 +179,15 @@ def bench(
         str, typer.Option("--methods", help="Comma-separated: plain, medusa, hf, hf_lookup, hybrid (Medusa + lookup).")
     ] = "plain,medusa,hf,hf_lookup",
     copy: Annotated[
-        bool, typer.Option("--copy-tasks", help="Turn the prompts into tasks that copy from their context.")
+        bool,
+        typer.Option("--copy-tasks", help="Two-turn chats whose second turn edits or quotes the model's first answer."),
     ] = False,
     json_out: Annotated[str | None, typer.Option("--json", help="Write the full report to this file.")] = None,
 ) -> None:
     """Measure plain, Medusa, transformers generate and prompt lookup side by side, greedy."""
     from tqdm import tqdm
 
-    from .bench import METHODS, copy_tasks, format_table, read_prompts
+    from .bench import METHODS, copy_conversations, format_table, read_prompts
     from .bench import bench as run_bench
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
@@ -196,12 +197,13 @@ def bench(
     if not prompts:
         fail("--prompts FILE.jsonl is required (for example ../shared/data/prompts/dev.jsonl)")
     try:
-        texts = read_prompts(prompts, limit * 3 if copy and limit else limit)
+        texts = read_prompts(prompts, limit)
     except (OSError, ValueError) as exc:
         fail(str(exc))
-    if copy:
-        texts = copy_tasks(texts)
     loaded = load_or_fail(model, heads=heads, tree=tree, dtype=dtype, quant=quant, device=device, threads=threads)
+    if copy:
+        typer.echo(f"answering {len(texts)} first turns for the copy tasks", err=True)
+        texts = copy_conversations(loaded, texts)
     bar = tqdm(total=len(texts) * len(chosen), desc="bench", unit="run", file=sys.stderr)
 
     def on_run(index: int, run) -> None:

@@ -66,3 +66,18 @@ def test_bench_rejects_unknown_methods_and_bad_prompt_files(tiny_model_dir, tmp_
     assert result.exit_code == 1 and "bad.jsonl:1" in result.output
     result = invoke("bench", "--model", tiny_model_dir, "--prompts", bad, "--methods", "plain,warp")
     assert result.exit_code == 1 and "unknown method" in result.output
+
+
+def test_bench_copy_tasks_are_two_turn_chats(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["Hello there", "Count to five"]))
+    out = tmp_path / "copy.json"
+    result = invoke(
+        "bench", "--model", tiny_model_dir, "--prompts", prompts, "--max-new-tokens", 6, "--dtype", "fp32",
+        "--copy-tasks", "--methods", "medusa,hybrid,plain", "--json", out,
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["prompts"]
+    assert [r["turns"] for r in rows] == [2, 2]
+    assert rows[0]["last"] == "Repeat your previous answer exactly."
+    assert all(r["hybrid_identical"] and r["identical"] for r in rows)

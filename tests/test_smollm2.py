@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from medusa_chat.bench import copy_tasks, read_prompts
+from medusa_chat.bench import copy_conversations, read_prompts
 from medusa_chat.engine.generator import GenerationConfig
 from medusa_chat.loading import load_model
 
@@ -31,10 +31,10 @@ def prompts():
     ]
 
 
-def answer(loaded, prompt: str, **config):
+def answer(loaded, prompt, **config):
     loaded.generator.reset()
-    ids = loaded.chat_ids([{"role": "user", "content": prompt}])
-    return loaded.generator.generate(ids, GenerationConfig(max_new_tokens=48, **config))
+    chat = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return loaded.generator.generate(loaded.chat_ids(chat), GenerationConfig(max_new_tokens=48, **config))
 
 
 def test_loads_from_the_package_with_the_shipped_heads(smollm2):
@@ -57,7 +57,7 @@ def test_medusa_output_equals_plain_and_heads_are_accepted(smollm2, prompts):
 
 
 def test_prompt_lookup_drafts_help_on_copying_tasks(smollm2, prompts):
-    task = copy_tasks(prompts[3:6])[0]
+    task = copy_conversations(smollm2, prompts[3:4])[0]  # "repeat your previous answer exactly"
     plain = answer(smollm2, task, medusa=False)
     heads = answer(smollm2, task)
     hybrid = answer(smollm2, task, prompt_lookup=10)
