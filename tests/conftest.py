@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 # No test may reach the real Hub: point huggingface_hub at a closed loopback port before it is imported.
 os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
@@ -32,11 +33,13 @@ def smollm2_cache(tmp_path_factory):
 
     A finished conversion in the user's own cache is linked rather than redone (it is only read).
     """
+    import platformdirs
+
     from medusa_chat import default_model
-    from medusa_chat.paths import cache_dir
+    from medusa_chat.paths import APP_NAME
 
     root = tmp_path_factory.mktemp("smollm2-cache")
-    user_copy = cache_dir() / default_model.NAME
+    user_copy = Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False)) / default_model.NAME
     if default_model.is_complete(user_copy):
         (root / default_model.NAME).symlink_to(user_copy, target_is_directory=True)
     with pytest.MonkeyPatch.context() as mp:

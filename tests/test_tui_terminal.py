@@ -1,7 +1,7 @@
 """Drive the installed ``medusa-chat`` in a real terminal (tmux) on the offline default model.
 
 Skips when tmux, the ``medusa-chat`` script or the default model's package is missing. The converted
-default model is kept in a cache shared by runs of this test (the first run converts it, ~30 s).
+default model comes from the session's shared conversion (the ``smollm2_cache`` fixture).
 """
 
 from __future__ import annotations
@@ -46,14 +46,12 @@ def wait_for(session: str, predicate, timeout: float, what: str) -> str:
         time.sleep(0.5)
 
 
-def test_chat_in_a_real_terminal(tmp_path, tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp().parent / "medusa-chat-tmux-cache"  # survives between runs
-    cache.mkdir(exist_ok=True)
+def test_chat_in_a_real_terminal(tmp_path, smollm2_cache):
     env = {
         **os.environ,
         "MEDUSA_CHAT_CONFIG_DIR": str(tmp_path / "config"),
         "MEDUSA_CHAT_DATA_DIR": str(tmp_path / "data"),
-        "MEDUSA_CHAT_CACHE_DIR": str(cache),
+        "MEDUSA_CHAT_CACHE_DIR": str(smollm2_cache),
         "HF_HUB_OFFLINE": "1",
         "TERM": "xterm-256color",
         "OMP_NUM_THREADS": "1",
