@@ -29,7 +29,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Catalogue name, local HF directory or Hub repo id.")]
 HeadsOpt = Annotated[str | None, typer.Option("--heads", help="Medusa heads (directory or file) to use instead.")]
-TreeOpt = Annotated[str | None, typer.Option("--tree", help="Tree preset (e.g. cpu_8, mc_sim_7b_63, chain-4).")]
+TreeOpt = Annotated[str | None, typer.Option("--tree", help="A preset (cpu_8, mc_sim_7b_63, chain-4...) or tuned.")]
 DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto | fp32 | bf16 | fp16.")]
 QuantOpt = Annotated[str | None, typer.Option("--quant", help="none | 4bit | 8bit (bitsandbytes, CUDA only).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")]

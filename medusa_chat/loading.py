@@ -452,9 +452,13 @@ def _default_tree(spec: ModelSpec, device: str, dtype: str, num_heads: int, tree
     from .engine.presets import DEFAULT_CPU_TREE, DEFAULT_GPU_TREE, fit_to_heads, preset
     from .tuning import tuned_tree
 
+    tuned = tuned_tree(spec.name, device, dtype, num_heads=num_heads)
+    if tree == "tuned":
+        if tuned is None:
+            raise LoadError(f"no tuned tree for {spec.name} on {device} ({dtype}) yet: run `medusa-chat tune`")
+        return tuned, "tuned"
     if tree:
         return preset(tree), tree
-    tuned = tuned_tree(spec.name, device, dtype, num_heads=num_heads)
     if tuned is not None:
         return tuned, "tuned"
     name = spec.default_tree or (DEFAULT_CPU_TREE if device == "cpu" else DEFAULT_GPU_TREE)

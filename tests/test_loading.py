@@ -359,11 +359,14 @@ def test_a_tuned_tree_becomes_the_default_and_trees_fit_the_heads(tiny_model_dir
 
     loaded = load_model(str(tiny_model_dir), dtype="fp32")
     assert loaded.tree_name == "cpu_8"
+    with pytest.raises(LoadError, match=r"no tuned tree .* run `medusa-chat tune`"):
+        load_model(str(tiny_model_dir), dtype="fp32", tree="tuned")
     tuned = [[0], [0, 0], [1]]
     save_tuned({"model": loaded.name, "device": "cpu", "dtype": "fp32", "choices": tuned})
     loaded = load_model(str(tiny_model_dir), dtype="fp32")
     assert loaded.tree_name == "tuned" and loaded.generator.tree.size == 4
     assert load_model(str(tiny_model_dir), dtype="fp32", tree="cpu_4").tree_name == "cpu_4"
+    assert load_model(str(tiny_model_dir), dtype="fp32", tree="tuned").generator.tree.size == 4
 
     model = tiny_model("llama", vocab_size=len(tiny_tokenizer()), dtype=torch.float32)
     two = tmp_path / "two-heads"
