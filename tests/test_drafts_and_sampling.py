@@ -51,12 +51,12 @@ def test_lookup_drafts_stay_lossless(model):
 
 def test_sample_walk_follows_matching_children():
     tree = build_tree([[0], [1], [0, 0]])  # slots: 1=(0) 2=(1) 3=(0,0)
-    tokens = [5, 6, 7, 8]
+    tokens = torch.tensor([5, 6, 7, 8])
     logits = torch.full((4, 10), -1e9)
     logits[0, 6] = 0.0  # at the root the base surely says 6: move to slot 1
     logits[1, 8] = 0.0  # then 8: move to slot 3
     logits[3, 2] = 0.0  # then 2: no child, stop; 2 is the next token
-    path, nxt = sample_walk(tokens, tree.parents.tolist(), logits, temperature=1.0)
+    path, nxt = sample_walk(tokens, tree.parents, logits, temperature=1.0)
     assert path == [0, 1, 3] and nxt == 2
 
 

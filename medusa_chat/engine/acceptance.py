@@ -78,8 +78,8 @@ def best_path(
 
 
 def sample_walk(
-    tokens: list[int],
-    parents: list[int],
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
     logits: torch.Tensor,
     temperature: float,
     top_p: float = 1.0,
@@ -91,14 +91,12 @@ def sample_walk(
     child carries that token, move to it and draw again; otherwise stop. Every emitted token is
     a draw from the base model's own (temperature, top-p) distribution, so the output has exactly
     the distribution of plain sampling. The draw that stopped the walk is the next token.
+    One draw per depth; children are found with one tensor comparison, not a loop over nodes.
     """
-    children = {}
-    for slot in range(len(tokens) - 1, 0, -1):  # the first listed child wins among equal tokens
-        children[(parents[slot], tokens[slot])] = slot
     path = [0]
     while True:
         token = select(logits[path[-1]], temperature, top_p, generator)
-        child = children.get((path[-1], token))
-        if child is None:
+        children = torch.nonzero((parents == path[-1]) & (tokens == token)).flatten()
+        if not len(children):
             return path, token
-        path.append(child)
+        path.append(int(children[0]))  # the first listed child wins among equal tokens

@@ -322,7 +322,7 @@ class Generator:
         next_root = None
         if config.temperature > 0 and config.acceptance == "exact":
             path, next_root = acceptance.sample_walk(
-                tokens.tolist(), tree.parents.tolist(), logits, config.temperature, config.top_p, rng
+                tokens, tree.parents, logits, config.temperature, config.top_p, rng
             )
             slots = torch.tensor(path, device=self.device)
         else:

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 
 def lookup_draft(context: Sequence[int], max_tokens: int, ngram_sizes: Sequence[int] = (3, 2)) -> list[int]:
     """Up to ``max_tokens`` tokens that followed the most recent earlier occurrence of the context's last n-gram.
 
-    Tries the longest n-gram first; returns [] when none recurs.
+    Tries the longest n-gram first; returns [] when none recurs. One vectorised comparison per n-gram size.
     """
-    n_ctx = len(context)
+    ctx = torch.as_tensor(context, dtype=torch.long)
     for n in ngram_sizes:
-        if n_ctx <= n:
+        if len(ctx) <= n:
             continue
-        pattern = list(context[-n:])
-        last = pattern[-1]
-        for end in range(n_ctx - 2, n - 2, -1):  # end: index of the candidate match's last token
-            if context[end] == last and list(context[end - n + 1 : end + 1]) == pattern:
-                draft = list(context[end + 1 : end + 1 + max_tokens])
-                if draft:
-                    return draft
+        windows = ctx[:-1].unfold(0, n, 1)  # every n-gram that ends before the last token
+        starts = torch.nonzero((windows == ctx[-n:]).all(dim=1)).flatten()
+        if len(starts):
+            begin = int(starts[-1]) + n
+            return ctx[begin : begin + max_tokens].tolist()
     return []
