@@ -196,6 +196,18 @@ class Store:
                     "DELETE FROM messages WHERE conversation_id = ? AND position >= ?", (conversation_id, row[0])
                 )
 
+    def delete_messages(self, conversation_id: int, message_ids: list[int]) -> int:
+        """Delete exactly these messages of a conversation (what one app instance knows); returns how many."""
+        ids = [int(i) for i in message_ids]
+        if not ids:
+            return 0
+        marks = ", ".join("?" * len(ids))
+        with self.transaction() as db:
+            cur = db.execute(
+                f"DELETE FROM messages WHERE conversation_id = ? AND id IN ({marks})", (conversation_id, *ids)
+            )
+            return int(cur.rowcount)
+
     def set_system_prompt(self, conversation_id: int, system_prompt: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE conversations SET system_prompt = ? WHERE id = ?", (system_prompt, conversation_id))
