@@ -12,6 +12,7 @@ read at call time. Progress is reported as plain :class:`DownloadProgress` event
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -28,6 +29,10 @@ from .catalog import ModelSpec, resolve
 REPORT_BYTES = 1 << 20  # a progress event per MiB (and at the end of each file)
 RETRIES = 3
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_ETAG = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")  # a git blob sha1, or the sha256 of an LFS file
+_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|//|@\{")
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _MODEL_FILES = re.compile(
     r"^(config\.json|generation_config\.json|tokenizer\.json|tokenizer\.model|tokenizer_config\.json|"
     r"special_tokens_map\.json|added_tokens\.json|vocab\.json|merges\.txt|chat_template\.jinja)$"
@@ -63,6 +68,65 @@ class DiskFullError(HubError):
 
 class DownloadCancelled(HubError):
     """The cancel event was set; partial files are kept and the next run resumes them."""
+
+
+class UnsafePathError(HubError):
+    """A server- or user-supplied name (commit, ETag, revision, repo id, file name) that is malformed or would
+    put a file outside the cache; nothing was written for it."""
+
+
+class VerificationError(HubError):
+    """A downloaded file does not match what the Hub advertised (hash, size, range); its bytes were deleted."""
+
+
+# -- validation of names that become paths -----------------------------------------------------------
+
+
+def check_commit(commit: object, origin: str) -> str:
+    """``commit`` if it is a full commit hash (40 lowercase hex characters), else :class:`UnsafePathError`."""
+    if not isinstance(commit, str) or not _COMMIT.match(commit):
+        raise UnsafePathError(f"{origin} sent {commit!r} as a commit hash (expected 40 hex characters); refusing it")
+    return commit
+
+
+def check_etag(etag: object, origin: str) -> str:
+    """The hash an ETag carries (``"..."`` and ``W/`` removed): hex of 40 or 64 characters, else refused."""
+    value = etag.strip().removeprefix("W/").strip('"').lower() if isinstance(etag, str) else etag
+    if not isinstance(value, str) or not _ETAG.match(value):
+        raise UnsafePathError(f"{origin} sent the ETag {etag!r}, which is not a file hash; refusing it")
+    return value
+
+
+def check_revision(revision: object) -> str:
+    """``revision`` if it is a valid git ref name (branch, tag, ``refs/pr/N``) or commit, else refused."""
+    ok = (
+        isinstance(revision, str)
+        and 0 < len(revision) <= 255
+        and not _REF_FORBIDDEN.search(revision)
+        and not revision.startswith("/")
+        and not revision.endswith(("/", ".", ".lock"))
+        and revision != "@"
+        and not any(part.startswith(".") for part in revision.split("/"))
+    )
+    if not ok:
+        raise UnsafePathError(f"{revision!r} is not a valid revision (a branch, tag or commit name)")
+    return revision  # type: ignore[return-value]
+
+
+def check_repo_id(repo_id: object) -> str:
+    """``repo_id`` if it looks like ``owner/name``, else refused."""
+    if not isinstance(repo_id, str) or not _REPO.match(repo_id) or ".." in repo_id:
+        raise UnsafePathError(f"{repo_id!r} is not a Hub repo id (owner/name)")
+    return repo_id
+
+
+def _inside(path: Path, root: Path | None = None) -> Path:
+    """``path`` when, resolved, it stays inside ``root`` (the hub cache), else :class:`UnsafePathError`."""
+    root = (root or hub_cache_dir()).resolve()
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise UnsafePathError(f"refusing to write {path}: it resolves to {resolved}, outside the cache {root}")
+    return path
 
 
 @dataclass(frozen=True)
@@ -150,18 +214,20 @@ def is_offline() -> bool:
 
 
 def _storage(repo_id: str) -> Path:
-    return hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    return hub_cache_dir() / ("models--" + check_repo_id(repo_id).replace("/", "--"))
 
 
 def snapshot_dir(repo_id: str, revision: str = "main") -> Path | None:
     """The cached snapshot of ``repo_id`` at ``revision`` (a branch, tag or commit), if any."""
     storage = _storage(repo_id)
-    commit = revision
+    commit = check_revision(revision)
     if not _COMMIT.match(revision):
         ref = storage / "refs" / revision
         if not ref.is_file():
             return None
-        commit = ref.read_text().strip()
+        commit = ref.read_text(errors="replace").strip()
+        if not _COMMIT.match(commit):
+            return None  # a damaged ref: not cached (a download rewrites it)
     snapshot = storage / "snapshots" / commit
     return snapshot if snapshot.is_dir() else None
 
@@ -198,9 +264,19 @@ def _snapshot_complete(snapshot: Path | None, role: str) -> bool:
         return any((snapshot / f).is_file() for f in HEAD_FILES)
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (snapshot / index).is_file():
-            shards = set(json.loads((snapshot / index).read_text()).get("weight_map", {}).values())
-            return all((snapshot / s).is_file() for s in shards)
+            weight_map = _json_object(snapshot / index).get("weight_map")
+            shards = set(weight_map.values()) if isinstance(weight_map, dict) else set()
+            return bool(shards) and all(isinstance(s, str) and (snapshot / s).is_file() for s in shards)
     return any(p.name not in HEAD_FILES for p in [*snapshot.glob("*.safetensors"), *snapshot.glob("*.bin")])
+
+
+def _json_object(path: Path) -> dict:
+    """A JSON object read from ``path``; empty when the file is unreadable or not an object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _roles(spec: ModelSpec) -> list[tuple[str, str, str]]:
@@ -285,7 +361,8 @@ def _list_repo(repo_id: str, revision: str) -> tuple[str, dict[str, int]]:
 
     with _Translate(repo_id):
         info = HfApi(endpoint=endpoint()).model_info(repo_id, revision=revision, files_metadata=True)
-    return info.sha, {s.rfilename: s.size or 0 for s in info.siblings or []}
+    commit = check_commit(info.sha, f"{endpoint()} (listing {repo_id})")
+    return commit, {s.rfilename: s.size or 0 for s in info.siblings or []}
 
 
 def _partial_bytes(repo_id: str) -> int:
@@ -311,6 +388,8 @@ def plan(spec_or_repo: ModelSpec | str) -> DownloadPlan:
         raise HubError(f"{spec.label} is not downloaded from the Hub: it comes from {where}")
     files: list[RemoteFile] = []
     for repo_id, revision, role in _roles(spec):
+        check_repo_id(repo_id)
+        check_revision(revision)
         commit, sizes = _list_repo(repo_id, revision)
         if spec.head_format == "auto" and _is_heads_only(sizes):
             spec = _resolve_auto_heads(spec, commit, sizes)
@@ -330,10 +409,12 @@ def _resolve_auto_heads(spec: ModelSpec, commit: str, sizes: dict[str, int]) -> 
         raise HubError(f"{spec.repo_id} holds Medusa heads but no config.json naming the base model")
     config_file = RemoteFile(spec.repo_id, "config.json", sizes["config.json"], commit, spec.revision)
     _fetch(config_file, lambda *_: None, None)
-    config = json.loads((_storage(spec.repo_id) / "snapshots" / commit / "config.json").read_text())
+    config = _json_object(_storage(spec.repo_id) / "snapshots" / commit / "config.json")
     base = config.get("base_model_name_or_path")
     if not base:
         raise HubError(f"{spec.repo_id}/config.json names no base_model_name_or_path")
+    if not isinstance(base, str) or not _REPO.match(base) or ".." in base:
+        raise UnsafePathError(f"{spec.repo_id}/config.json names {base!r} as its base model, which is not a repo id")
     return replace(spec, head_format="medusa1-heads", base_repo_id=base, revision=commit)
 
 
@@ -393,33 +474,47 @@ def _gb(n: int) -> str:
 
 
 def _fetch(remote: RemoteFile, on_bytes: Callable[[int, int], None], cancel: threading.Event | None) -> Path:
-    """One file into the cache (blob + snapshot link + ref), resuming a partial blob."""
+    """One file into the cache (blob + snapshot link + ref), resuming a partial blob and verifying it."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
     storage = _storage(remote.repo_id)
-    pointer = storage / "snapshots" / remote.commit / remote.filename
+    label = f"{remote.repo_id}/{remote.filename}"
+    snapshot = storage / "snapshots" / check_commit(remote.commit, endpoint())
+    pointer = _inside(snapshot / remote.filename, snapshot)
     with _Translate(remote.repo_id):
         url = hf_hub_url(remote.repo_id, remote.filename, revision=remote.commit, endpoint=endpoint())
         meta = get_hf_file_metadata(url, endpoint=endpoint())
-        blob = storage / "blobs" / meta.etag
+        etag = check_etag(meta.etag, f"{endpoint()} (for {label})")
+        size = _expected_size(remote, meta.size)
+        blob = _inside(storage / "blobs" / etag, storage)
         blob.parent.mkdir(parents=True, exist_ok=True)
-        lock = hub_cache_dir() / ".locks" / storage.name / f"{meta.etag}.lock"
+        lock = hub_cache_dir() / ".locks" / storage.name / f"{etag}.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         with WeakFileLock(str(lock)):
             if not blob.exists():
                 headers = build_hf_headers()
                 if urlsplit(meta.location).netloc != urlsplit(url).netloc:
                     headers.pop("authorization", None)  # never send the token to a CDN
-                _transfer(meta.location, blob, meta.size or remote.size, headers, on_bytes, cancel)
+                _transfer(meta.location, blob, size, headers, on_bytes, cancel, label)
             pointer.parent.mkdir(parents=True, exist_ok=True)
             if not pointer.exists():
                 _link(blob, pointer)
     if remote.revision != remote.commit:
-        ref = storage / "refs" / remote.revision
+        ref = _inside(storage / "refs" / check_revision(remote.revision), storage)
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(remote.commit)
     return pointer
+
+
+def _expected_size(remote: RemoteFile, announced: int | None) -> int:
+    """The file's size: the listing's, which the server's ``Content-Length`` must agree with."""
+    if remote.size and announced is not None and announced != remote.size:
+        raise VerificationError(
+            f"{remote.repo_id}/{remote.filename}: the server announces {announced} bytes but the repo listing says "
+            f"{remote.size}; refusing the file (a broken mirror or proxy?)"
+        )
+    return remote.size or announced or 0
 
 
 def _transfer(
@@ -429,42 +524,112 @@ def _transfer(
     headers: dict[str, str],
     on_bytes: Callable[[int, int], None],
     cancel: threading.Event | None,
+    label: str = "",
 ) -> None:
-    """GET ``url`` into ``blob`` via ``blob.incomplete``, asking only for bytes not yet on disk."""
-    import httpx2
-    from huggingface_hub import get_session
-    from huggingface_hub.utils import hf_raise_for_status
+    """GET ``url`` into ``blob`` via ``blob.incomplete``, asking only for bytes not yet on disk, then verify it.
 
+    A ``206`` must start where asked (else the partial file is dropped and the file fetched again from byte 0);
+    a body longer than ``size`` or a hash other than the ETag's deletes the bytes and raises
+    :class:`VerificationError`. Connection cuts are retried :data:`RETRIES` times, then a :class:`HubError`
+    says how many bytes were kept for the next run.
+    """
+    import httpx2
+
+    label = label or blob.name
     partial = blob.with_name(blob.name + ".incomplete")
     for attempt in range(RETRIES + 1):
         have = partial.stat().st_size if partial.exists() else 0
         on_bytes(have, 0)
         if have >= size > 0:
             break
-        request = {**headers, "Range": f"bytes={have}-"} if have else headers
         try:
-            with get_session().stream("GET", url, headers=request, follow_redirects=True) as response:
-                hf_raise_for_status(response)
-                mode = "ab" if response.status_code == 206 else "wb"  # 200: the server ignored Range
-                with partial.open(mode) as out:
-                    have = reported = out.tell()
-                    for chunk in response.iter_bytes():  # as the network delivers: a cut loses nothing
-                        if cancel is not None and cancel.is_set():
-                            raise DownloadCancelled(f"download cancelled; {have} bytes of {blob.name} kept")
-                        out.write(chunk)
-                        have += len(chunk)
-                        if have - reported >= REPORT_BYTES or have >= size:
-                            on_bytes(have, have - reported)
-                            reported = have
-            if have >= size:
-                break
-        except (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.TimeoutException):
+            _get_into(url, partial, have, size, headers, on_bytes, cancel, label)
+        except (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.TimeoutException) as exc:
             if attempt == RETRIES:
-                raise
+                kept = partial.stat().st_size if partial.exists() else 0
+                raise HubError(
+                    f"{label}: the server cut the connection {RETRIES + 1} times ({exc}); {kept} of {size} bytes "
+                    "are kept: run the download again to resume"
+                ) from exc
             time.sleep(0.2 * (attempt + 1))
-    if partial.stat().st_size != size:
-        raise HubError(f"{blob.name}: got {partial.stat().st_size} bytes, expected {size}; run the download again")
+    _verify(partial, blob, size, label)
     partial.replace(blob)
+
+
+def _get_into(
+    url: str,
+    partial: Path,
+    have: int,
+    size: int,
+    headers: dict[str, str],
+    on_bytes: Callable[[int, int], None],
+    cancel: threading.Event | None,
+    label: str,
+) -> None:
+    """One GET from byte ``have``, appended to ``partial`` (or written afresh when the server sends it all)."""
+    from huggingface_hub import get_session
+    from huggingface_hub.utils import hf_raise_for_status
+
+    request = {**headers, "Accept-Encoding": "identity"} | ({"Range": f"bytes={have}-"} if have else {})
+    with get_session().stream("GET", url, headers=request, follow_redirects=True) as response:
+        hf_raise_for_status(response)
+        if response.status_code == 206:
+            _check_range(response.headers.get("Content-Range", ""), have, size, partial, label)
+        else:
+            have = 0  # 200: the server ignored Range and sends the whole file
+        if response.headers.get("Content-Encoding", "identity") == "identity":  # a compressed length says nothing
+            _check_length(response.headers.get("Content-Length"), size - have, partial, label)
+        with partial.open("ab" if have else "wb") as out:
+            reported = have
+            for chunk in response.iter_bytes():  # as the network delivers: a cut loses nothing
+                if cancel is not None and cancel.is_set():
+                    raise DownloadCancelled(f"download cancelled; {have} bytes of {label} kept")
+                if size and have + len(chunk) > size:
+                    out.close()
+                    _discard(partial, f"{label}: the server sent more than the {size} bytes the listing announced")
+                out.write(chunk)
+                have += len(chunk)
+                if have - reported >= REPORT_BYTES or have >= size:
+                    on_bytes(have, have - reported)
+                    reported = have
+
+
+def _check_range(content_range: str, have: int, size: int, partial: Path, label: str) -> None:
+    """A ``206`` must cover the file from byte ``have``; otherwise the partial file is dropped."""
+    match = _CONTENT_RANGE.match(content_range.strip())
+    ok = match is not None and int(match[1]) == have and match[3] in ("*", str(size) if size else match[3])
+    if not ok:
+        _discard(partial, f"{label}: asked for bytes from {have} but the server sent {content_range or 'no range'}")
+
+
+def _check_length(content_length: str | None, expected: int, partial: Path, label: str) -> None:
+    """The body's ``Content-Length`` must be the bytes still missing (when both are known)."""
+    if content_length is None or not expected:
+        return
+    if not content_length.strip().isdigit() or int(content_length) != expected:
+        _discard(partial, f"{label}: the server sends {content_length} bytes but {expected} are missing")
+
+
+def _discard(partial: Path, reason: str) -> None:
+    """Delete ``partial`` (bytes that cannot be trusted) and raise :class:`VerificationError`."""
+    partial.unlink(missing_ok=True)
+    raise VerificationError(f"{reason}; the partial file was deleted: run the download again")
+
+
+def _verify(partial: Path, blob: Path, size: int, label: str) -> None:
+    """The complete file has the listed size and, for LFS files (a sha256 ETag), the advertised sha256."""
+    got = partial.stat().st_size if partial.exists() else 0
+    if size and got != size:
+        if got > size:
+            _discard(partial, f"{label}: got {got} bytes, expected {size}")
+        raise HubError(f"{label}: got {got} bytes of {size}; run the download again to resume")
+    if len(blob.name) == 64:
+        digest = hashlib.sha256()
+        with partial.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() != blob.name:
+            _discard(partial, f"{label}: sha256 {digest.hexdigest()} does not match the Hub's {blob.name}")
 
 
 def _link(blob: Path, pointer: Path) -> None:
@@ -531,8 +696,8 @@ def _auto_base(snapshot: Path | None) -> str | None:
     """The base model named by a cached heads-only snapshot ("" when it names none), None for other repos."""
     if snapshot is None or not _is_heads_only(p.name for p in snapshot.iterdir()):
         return None
-    config = snapshot / "config.json"
-    return json.loads(config.read_text()).get("base_model_name_or_path", "") if config.is_file() else ""
+    base = _json_object(snapshot / "config.json").get("base_model_name_or_path", "")
+    return base if isinstance(base, str) and _REPO.match(base) and ".." not in base else ""
 
 
 def _require(repo_id: str, revision: str, role: str) -> Path:

@@ -4,7 +4,9 @@ Routes: ``GET /api/models/{repo}[/revision/{rev}]`` (repo info with file sizes) 
 ``HEAD|GET /{repo}/resolve/{rev}/{path}`` (ETag, X-Repo-Commit, Content-Length, Range -> 206).
 Knobs: gated repos (401 without the right token), unknown repos/revisions (404 with the Hub's
 ``X-Error-Code``), a one-shot cut of a transfer after N bytes, and counters of bytes served and
-``Range`` headers seen. Use as a context manager; point ``HF_ENDPOINT`` at :attr:`FakeHub.url`.
+``Range`` headers seen. Hostile knobs (keyed by ``"repo/path"``): ``etags`` (the raw ETag header sent),
+``bodies`` (bytes served instead of the file's), ``lengths`` (the Content-Length announced), ``range_starts``
+(where a 206 starts, whatever was asked) and ``cut_every`` (cut every GET after N bytes). Use as a context manager; point ``HF_ENDPOINT`` at :attr:`FakeHub.url`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ class FakeHub:
         self.cuts: dict[str, int] = {}  # "repo/path" -> cut the next GET after this many body bytes
         self.requests: list[tuple[str, str]] = []
         self.slow = 0.0  # seconds to sleep after each 64 kB of a body (to interrupt a transfer mid-way)
+        self.etags: dict[str, str] = {}
+        self.bodies: dict[str, bytes] = {}
+        self.lengths: dict[str, int] = {}
+        self.range_starts: dict[str, int] = {}
+        self.cut_every: dict[str, int] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -158,26 +165,27 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if filename not in repo.files:
                 self._error(404, "EntryNotFound", "Entry not found")
                 return
-            data = repo.files[filename]
+            key = f"{repo_id}/{filename}"
+            etag = hub.etags.get(key, f'"{_etag(repo.files[filename])}"')
+            data = hub.bodies.get(key, repo.files[filename])
             start = 0
             range_header = self.headers.get("Range")
             if range_header and send_body:
-                hub.ranges.append((f"{repo_id}/{filename}", range_header))
-                start = int(range_header.removeprefix("bytes=").split("-")[0])
+                hub.ranges.append((key, range_header))
+                start = hub.range_starts.get(key, int(range_header.removeprefix("bytes=").split("-")[0]))
             self.send_response(206 if start else 200)
             self.send_header("X-Repo-Commit", repo.commit)
-            self.send_header("ETag", f'"{_etag(data)}"')
+            self.send_header("ETag", etag)
             self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Content-Length", str(len(data) - start))
+            self.send_header("Content-Length", str(hub.lengths.get(key, len(data) - start)))
             if start:
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             self.end_headers()
             if not send_body:
                 return
             body = data[start:]
-            key = f"{repo_id}/{filename}"
-            if key in hub.cuts:
-                body = body[: hub.cuts.pop(key)]
+            if key in hub.cuts or key in hub.cut_every:
+                body = body[: hub.cuts.pop(key, None) or hub.cut_every[key]]
                 self.close_connection = True
             try:
                 for start in range(0, len(body), 1 << 16):
