@@ -6,7 +6,8 @@ Knobs: gated repos (401 without the right token), unknown repos/revisions (404 w
 ``X-Error-Code``), a one-shot cut of a transfer after N bytes, and counters of bytes served and
 ``Range`` headers seen. Hostile knobs (keyed by ``"repo/path"``): ``etags`` (the raw ETag header sent),
 ``bodies`` (bytes served instead of the file's), ``lengths`` (the Content-Length announced), ``range_starts``
-(where a 206 starts, whatever was asked) and ``cut_every`` (cut every GET after N bytes). Use as a context manager; point ``HF_ENDPOINT`` at :attr:`FakeHub.url`.
+(where a 206 starts, whatever was asked) and ``cut_every`` (cut every GET after N bytes).
+Use as a context manager; point ``HF_ENDPOINT`` at :attr:`FakeHub.url`.
 """
 
 from __future__ import annotations
