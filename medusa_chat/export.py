@@ -47,14 +47,30 @@ def base_lm_head(base: str | Path):
     raise ExportError(f"no lm_head.weight in the weight files of {base}")
 
 
-def export_heads(heads_path: str | Path, fmt: str, out_dir: str | Path, base: str | Path | None = None) -> Path:
-    """Write the heads at ``heads_path`` (any layout ``load_heads`` reads) as ``fmt`` into ``out_dir``."""
+def check_out_dir(out_dir: str | Path, force: bool = False) -> Path:
+    """``out_dir`` as a Path when it is new, an empty directory, or (with ``force``) any directory."""
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file: name a new or empty directory")
+    if out.is_dir() and not force and any(out.iterdir()):
+        raise ExportError(f"--out {out} is not empty: name a new or empty directory, or pass --force to overwrite")
+    return out
+
+
+def export_heads(
+    heads_path: str | Path, fmt: str, out_dir: str | Path, base: str | Path | None = None, force: bool = False
+) -> Path:
+    """Write the heads at ``heads_path`` (any layout ``load_heads`` reads) as ``fmt`` into ``out_dir``.
+
+    ``out_dir`` must be new or empty unless ``force`` (then files of the same name are replaced).
+    """
     from safetensors.torch import save_file
 
     from .engine.heads_io import heads_from_state, heads_state, read_heads_config
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    out = check_out_dir(out_dir, force)
     state = heads_state(heads_path)
     heads = heads_from_state(state)  # checks the layout, infers K, L and H
     k, layers, hidden = heads.num_heads, heads.num_layers, heads.hidden_size
@@ -72,7 +88,6 @@ def export_heads(heads_path: str | Path, fmt: str, out_dir: str | Path, base: st
             raise ExportError(f"the base lm_head has hidden size {projection.shape[1]} but the heads have {hidden}")
     vocab = projection.shape[0] if projection is not None else heads.vocab_size
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = [(i, j, p) for i in range(k) for j in range(layers) for p in ("weight", "bias")]
     if fmt == "vllm":

@@ -159,3 +159,45 @@ def test_export_command(tmp_path, base_dir):
     assert (out / "medusa_lm_head.safetensors").is_file() and "wrote tgi heads" in result.output
     result = runner.invoke(app, ["export", str(path), "--format", "vllm", "--out", str(tmp_path / "v")])
     assert result.exit_code == 1 and "--base" in result.output
+
+
+def test_export_refuses_a_non_empty_directory_unless_forced(tmp_path, base_dir):
+    from typer.testing import CliRunner
+
+    from medusa_chat.cli import app
+
+    _, path = _heads(tmp_path, shared=False)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"the base model's weights")
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(path), "--format", "vllm", "--out", str(model)])
+    assert result.exit_code == 1 and "not empty" in result.output and "--force" in result.output
+    assert (model / "model.safetensors").read_bytes() == b"the base model's weights"
+    assert "Traceback" not in result.output
+    forced = runner.invoke(app, ["export", str(path), "--format", "vllm", "--out", str(model), "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert json.loads((model / "config.json").read_text())["model_type"] == "medusa"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert runner.invoke(app, ["export", str(path), "--out", str(empty)]).exit_code == 0
+
+
+def test_export_out_naming_a_file_and_base_naming_nothing_are_one_line_errors(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from medusa_chat.cli import app
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("MEDUSA_CHAT_CONFIG_DIR", str(tmp_path / "config"))
+    _, path = _heads(tmp_path, shared=True)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(path), "--out", str(a_file)])
+    assert result.exit_code == 1 and "is a file" in result.output and a_file.read_text() == "keep me"
+    for base in ("no-such-model", str(tmp_path / "missing-dir"), "owner/not-downloaded"):
+        result = runner.invoke(app, ["export", str(path), "--out", str(tmp_path / "o"), "--base", base])
+        assert result.exit_code == 1 and f"--base {base} is neither" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and isinstance(result.exception, SystemExit)
