@@ -1,14 +1,16 @@
 """The user's saved settings: a small TOML file under ``config_dir()``.
 
 Read with :mod:`tomllib`, written by a tiny writer below (strings, numbers, booleans, string lists
-and one level of tables are all this file ever holds). Every field is validated by ``validate``;
-the settings form shows those messages and refuses to save invalid values. A broken or partly
-invalid file never stops the app: bad fields fall back to their defaults and the problems are
-reported.
+and tables). Every field is validated by ``validate``; the settings form shows those messages and
+refuses to save invalid values. A broken or partly invalid file never stops the app: bad fields fall
+back to their defaults and the problems are reported. A file that cannot be parsed (a TOML syntax
+error, not UTF-8) is never overwritten without a copy of its exact bytes in ``config.toml.bak`` (the
+problem message says where), and a save keeps every key and table this version does not know.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import tempfile
@@ -197,15 +199,20 @@ def settings_path() -> Path:
 
 
 def load(path: Path | None = None) -> tuple[Settings, list[str]]:
-    """The saved settings and a list of problems found (bad fields keep their defaults)."""
+    """The saved settings and a list of problems found (bad fields keep their defaults).
+
+    A file that cannot be parsed is copied byte for byte to a backup first; the problem names it.
+    """
     path = path or settings_path()
     problems: list[str] = []
     if not path.exists():
         return Settings(), problems
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        return Settings(), [f"{path}: unreadable, using defaults ({exc})"]
+        data = _parse(path.read_bytes())
+    except OSError as exc:
+        return Settings(), [f"{path}: unreadable, using defaults for now; it will not be overwritten ({exc})"]
+    except ValueError as exc:
+        return Settings(), [_backup_message(path, exc)]
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if key == "generation" and isinstance(value, dict):
@@ -216,13 +223,44 @@ def load(path: Path | None = None) -> tuple[Settings, list[str]]:
     names = {f.name for f in fields(Settings)}
     for key, value in flat.items():
         if key not in names:
-            problems.append(f"{path}: unknown setting {key!r} ignored")
+            problems.append(f"{path}: unknown setting {key!r} ignored (kept in the file)")
             continue
         try:
             setattr(settings, key, coerce(key, value))
         except ValueError as exc:
             problems.append(f"{path}: {key} {exc}; using the default")
     return settings, problems
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
+    """TOML from raw bytes; ValueError (UnicodeDecodeError, TOMLDecodeError) when it is not UTF-8 TOML."""
+    return tomllib.loads(raw.decode("utf-8"))
+
+
+def _backup_message(path: Path, exc: Exception) -> str:
+    reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else f"not valid TOML ({exc})"
+    try:
+        backup = backup_file(path)
+    except OSError as err:
+        return f"{path} is {reason}; using defaults for now (it could not be backed up: {err})"
+    return f"{path} is {reason}; your file was copied to {backup}; using defaults for now"
+
+
+def backup_file(path: Path) -> Path:
+    """Copy ``path``'s exact bytes to ``path.bak`` (``.bak.1``, ... when another backup is there); returns it.
+
+    An existing backup with the same bytes is reused.
+    """
+    raw = path.read_bytes()
+    for n in range(1000):
+        backup = path.with_name(path.name + (".bak" if n == 0 else f".bak.{n}"))
+        if backup.exists():
+            if backup.is_file() and backup.read_bytes() == raw:
+                return backup
+            continue
+        _write_atomic(backup, raw)
+        return backup
+    raise OSError(f"too many backups of {path}")
 
 
 _GENERATION_KEYS = (
@@ -239,24 +277,59 @@ _GENERATION_KEYS = (
 
 
 def save(settings: Settings, path: Path | None = None) -> Path:
-    """Write ``settings`` atomically (temporary file + rename) and return the path."""
+    """Write ``settings`` atomically (temporary file + rename) and return the path.
+
+    Keys and tables this version does not know are kept. A file that cannot be parsed is backed up
+    first (:func:`backup_file`); one that cannot be read at all is not replaced (OSError).
+    """
     path = path or settings_path()
     data = asdict(settings)
     top = {k: v for k, v in data.items() if k not in _GENERATION_KEYS and k != "keymap"}
-    doc = {**top, "generation": {k: data[k] for k in _GENERATION_KEYS}, "keymap": data["keymap"]}
+    ours = {**top, "generation": {k: data[k] for k in _GENERATION_KEYS}, "keymap": data["keymap"]}
+    doc = _merge_unknown(ours, _existing(path))
     text = "# medusa-chat settings (written by the app; edit freely)\n" + dumps(doc)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=path.parent)
+    _write_atomic(path, text.encode("utf-8"))
+    return path
+
+
+def _existing(path: Path) -> dict[str, Any]:
+    """What the file holds now ({} when absent or unparseable, after a backup); OSError when unreadable."""
+    if not path.exists():
+        return {}
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise OSError(f"cannot read {path} ({exc}); not overwriting it") from exc
+    try:
+        return _parse(raw)
+    except ValueError:
+        backup_file(path)
+        return {}
+
+
+def _merge_unknown(ours: dict[str, Any], existing: dict[str, Any]) -> dict[str, Any]:
+    """``ours`` plus every key of ``existing`` that is not a setting (top level and in ``[generation]``)."""
+    known = {f.name for f in fields(Settings)} | {"generation"}
+    doc = {**ours, **{k: v for k, v in existing.items() if k not in known}}
+    generation = existing.get("generation")
+    if isinstance(generation, dict):
+        doc["generation"] = {**ours["generation"], **{k: v for k, v in generation.items() if k not in known}}
+    return doc
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` through a temporary file in the same directory and a rename."""
+    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
 
 
 # --- a tiny TOML writer -------------------------------------------------------------------------
@@ -295,25 +368,44 @@ def _value(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("TOML writer: non-finite floats are not written")
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
         return _string(value)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"TOML writer: unsupported value {value!r}")
 
 
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _table(prefix: list[str], table: dict[str, Any], lines: list[str]) -> None:
+    """Lines for ``table``: its plain keys, then its sub-tables and arrays of tables under dotted headers."""
+    for k, v in table.items():
+        if not isinstance(v, dict) and not _is_table_array(v):
+            lines.append(f"{_key(k)} = {_value(v)}")
+    for k, v in table.items():
+        name = [*prefix, _key(k)]
+        if isinstance(v, dict):
+            lines += ["", f"[{'.'.join(name)}]"]
+            _table(name, v, lines)
+        elif _is_table_array(v):
+            for item in v:
+                lines += ["", f"[[{'.'.join(name)}]]"]
+                _table(name, item, lines)
+
+
 def dumps(doc: dict[str, Any]) -> str:
-    """TOML text for a dict of scalars/lists plus one level of tables."""
-    lines = [f"{_key(k)} = {_value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
-    for name, table in doc.items():
-        if isinstance(table, dict):
-            lines.append("")
-            lines.append(f"[{_key(name)}]")
-            for k, v in table.items():
-                if isinstance(v, dict):
-                    raise TypeError("TOML writer: nested tables are not supported")
-                lines.append(f"{_key(k)} = {_value(v)}")
+    """TOML text for a dict of anything :mod:`tomllib` reads (tables, arrays of tables, dates)."""
+    lines: list[str] = []
+    _table([], doc, lines)
     return "\n".join(lines) + "\n"

@@ -79,3 +79,62 @@ def test_engine_options_are_validated_and_reach_the_generation_config():
     with pytest.raises(SettingsError) as caught:
         parse_form(Settings(), {"acceptance": "nucleus", "prompt_lookup": "-1"})
     assert set(caught.value.errors) == {"acceptance", "prompt_lookup"}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'system_prompt = "You are a pirate"\n[keymap]\nchat.send = "ctrl+j"\n[generation\ntemperature = 0.7\n',
+        'system_prompt = "caf\u00e9"\n'.encode("latin-1"),  # not UTF-8
+    ],
+)
+def test_an_unparseable_file_is_backed_up_byte_for_byte_and_never_lost(tmp_path, raw):
+    path = tmp_path / "config.toml"
+    path.write_bytes(raw)
+    settings, problems = s.load(path)
+    assert settings == s.Settings()
+    backup = tmp_path / "config.toml.bak"
+    assert backup.read_bytes() == raw
+    assert len(problems) == 1 and str(backup) in problems[0] and "\n" not in problems[0]
+    s.save(s.Settings(theme="medusa-light"), path)  # the app saves defaults later on
+    assert backup.read_bytes() == raw and s.load(path)[0].theme == "medusa-light"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml", "config.toml.bak"]
+
+
+def test_a_save_over_an_unparseable_file_backs_it_up_first(tmp_path):
+    path = tmp_path / "config.toml"
+    (tmp_path / "config.toml.bak").write_bytes(b"an older backup")
+    path.write_bytes(b"broken = = toml")
+    s.save(s.Settings(), path)
+    assert (tmp_path / "config.toml.bak").read_bytes() == b"an older backup"
+    assert (tmp_path / "config.toml.bak.1").read_bytes() == b"broken = = toml"
+
+
+def test_save_keeps_unknown_keys_and_tables(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(
+        'future_option = "on"\nwhen = 2024-05-01T10:00:00Z\ntheme = "medusa-light"\n'
+        "[generation]\ntemperature = 0.5\nmin_p = 0.05\n"
+        '[plugins.spell]\nlang = "en"\nlists = [1, 2]\n[[servers]]\nurl = "a"\n[[servers]]\nurl = "b"\n'
+    )
+    settings, problems = s.load(path)
+    assert any("future_option" in p for p in problems)
+    assert settings.temperature == 0.5 and settings.theme == "medusa-light"
+    s.save(s.Settings(theme="medusa-dark", temperature=0.2), path)
+    data = tomllib.loads(path.read_text())
+    assert data["future_option"] == "on" and data["when"].year == 2024
+    assert data["generation"]["min_p"] == 0.05 and data["generation"]["temperature"] == 0.2
+    assert data["plugins"] == {"spell": {"lang": "en", "lists": [1, 2]}}
+    assert data["servers"] == [{"url": "a"}, {"url": "b"}]
+    assert data["theme"] == "medusa-dark"
+    assert not (tmp_path / "config.toml.bak").exists()
+
+
+def test_an_unreadable_file_is_not_overwritten(tmp_path):
+    path = tmp_path / "config.toml"
+    path.mkdir()  # unreadable as a file, whoever runs the test
+    settings, problems = s.load(path)
+    assert settings == s.Settings() and "will not be overwritten" in problems[0]
+    with pytest.raises(OSError, match="not overwriting"):
+        s.save(s.Settings(), path)
+    assert path.is_dir()
