@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable
+import sqlite3
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from textual import on, work
 from textual.app import App, SystemCommand
@@ -21,19 +22,22 @@ from textual.screen import Screen
 
 from .. import settings as settings_mod
 from ..settings import DEFAULT_THEME, Settings
-from ..store import Store, export_markdown
-from .engine import EngineFactory, LoadedLike, LoadRequest, default_engine_factory
+from ..store import Store, StoreError, export_markdown
+from .engine import EngineFactory, LoadedLike, LoadRequest, check_request, default_engine_factory
 from .screens.chat import ChatScreen
 from .themes import builtin_themes, user_themes
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+HISTORY_ERRORS: tuple[type[BaseException], ...] = (StoreError, sqlite3.Error, OSError)
+T = TypeVar("T")
 
 
 class LoadProgress(Message):
-    def __init__(self, seq: int, text: str) -> None:
+    def __init__(self, seq: int, text: str, measuring: bool = False) -> None:
         super().__init__()
         self.seq = seq
         self.text = text
+        self.measuring = measuring
 
 
 class ModelLoaded(Message):
@@ -72,7 +76,7 @@ def describe_error(exc: BaseException) -> str:
         return f"Network error: {text}"
     if name == "OutOfMemoryError" or "out of memory" in text.lower():
         return "Out of memory: try a smaller precision (4-bit/8-bit) or a smaller model."
-    if name in ("LoadError", "CatalogError", "HeadsError", "TreeError", "DefaultModelError"):
+    if name in ("LoadError", "CatalogError", "HeadsError", "TreeError", "DefaultModelError", "OptionError"):
         return text
     if isinstance(exc, ImportError):
         return f"A package is missing: {text}"
@@ -92,6 +96,8 @@ class MedusaChatApp(App[None]):
         Binding("ctrl+o", "models", "Models", id="app.models"),
         Binding("ctrl+s", "settings", "Settings", id="app.settings"),
         Binding("ctrl+l", "history", "History", id="app.history"),
+        Binding("ctrl+q", "quit", "Quit", priority=True, id="app.quit",
+                tooltip="Quit; an answer being generated is kept, marked stopped"),
     ]
 
     def __init__(
@@ -134,6 +140,8 @@ class MedusaChatApp(App[None]):
         self.loaded: LoadedLike | None = None
         self.baseline_tps: float | None = None
         self.loading = False
+        self.measuring = False  # the loader is measuring the plain decoding speed
+        self.pending_tree: str | None = None  # a tree chosen during a generation: used from the next answer
         self.load_error: str | None = None
         self.load_text = ""
         self._load_seq = 0
@@ -160,7 +168,21 @@ class MedusaChatApp(App[None]):
 
     def on_unmount(self) -> None:
         if self._own_store and self.store is not None:
-            self.store.close()
+            with contextlib.suppress(*HISTORY_ERRORS):
+                self.store.close()
+
+    def history_call(self, what: str, call: Callable[[Store], T]) -> T | None:
+        """Run one history operation; on failure say so and keep running (None: failed or no history)."""
+        if self.store is None:
+            return None
+        try:
+            return call(self.store)
+        except HISTORY_ERRORS as exc:
+            self.notify(
+                f"Could not {what}: {exc}. The chat goes on; history already saved is unchanged.",
+                title="History", severity="error", timeout=10,
+            )
+            return None
 
     def _register_themes(self) -> None:
         names = []
@@ -206,15 +228,33 @@ class MedusaChatApp(App[None]):
         if new.theme != self.theme and new.theme in self.available_themes:
             self.theme = new.theme
         if new.tree != old.tree and self.loaded is not None:
-            self._set_tree(new.tree)
+            self.request_tree(new.tree)
         chat = self.chat_screen
         if chat is not None and new.system_prompt != old.system_prompt:
             chat.system_prompt = new.system_prompt
-            if chat.conversation_id is not None and self.store is not None:
-                self.store.set_system_prompt(chat.conversation_id, new.system_prompt)
+            cid = chat.conversation_id
+            if cid is not None:
+                prompt = new.system_prompt
+                self.history_call("save the system prompt", lambda store: store.set_system_prompt(cid, prompt))
         self.save_settings()
         self.notify("Settings saved.")
         self.refresh_chat()
+
+    def request_tree(self, tree: str) -> None:
+        """Use ``tree`` now, or from the next answer when a generation is running (its steps read the tree)."""
+        chat = self.chat_screen
+        if chat is not None and chat.busy:
+            self.pending_tree = tree
+            self.notify(f"Tree {tree} applies from the next answer.", timeout=4)
+            return
+        self.pending_tree = None
+        self._set_tree(tree)
+
+    def apply_pending_tree(self) -> None:
+        """Called on the UI thread just before a generation starts (no step is running then)."""
+        if self.pending_tree is not None:
+            tree, self.pending_tree = self.pending_tree, None
+            self._set_tree(tree)
 
     def _set_tree(self, tree: str) -> None:
         if self.loaded is None:
@@ -250,7 +290,9 @@ class MedusaChatApp(App[None]):
 
     def status_line(self) -> str:
         if self.loading:
-            return f"⏳ {self.load_text or 'Loading…'} (the prompt is ready; sending waits for the model)"
+            queued = self.chat_screen is not None and self.chat_screen.queued is not None
+            after = "your message is sent when the model is ready" if queued else "type now; Enter sends once loaded"
+            return f"⏳ {self.load_text or 'Loading…'} · {after}"
         if self.load_error:
             return f"✗ {self.load_error} · ctrl+o to pick a model"
         if self.loaded is None:
@@ -281,11 +323,12 @@ class MedusaChatApp(App[None]):
     @work(thread=True, group="load", exit_on_error=False)
     def _load(self, request: LoadRequest, seq: int) -> None:
         try:
+            check_request(request)  # a bad --tree/--quant/--dtype is refused before any weight is read
             progress = lambda text: self.post_message(LoadProgress(seq, f"{request.model}: {text}"))  # noqa: E731
             loaded = self.engine_factory(replace(request, progress=progress))
             baseline = None
             if self.calibrate:
-                self.post_message(LoadProgress(seq, f"Measuring plain decoding speed of {loaded.name}…"))
+                self.post_message(LoadProgress(seq, f"Measuring plain decoding speed of {loaded.name}…", True))
                 try:
                     baseline = float(loaded.calibrate())
                 except Exception:
@@ -298,6 +341,7 @@ class MedusaChatApp(App[None]):
     def _on_load_progress(self, message: LoadProgress) -> None:
         if message.seq == self._load_seq:
             self.load_text = message.text
+            self.measuring = message.measuring
             self.refresh_chat()
 
     @on(ModelLoaded)
@@ -311,10 +355,10 @@ class MedusaChatApp(App[None]):
                 with contextlib.suppress(Exception):
                     previous.unload()
         self.baseline_tps = message.baseline if message.baseline and message.baseline > 0 else None
-        self.loading = False
+        self.loading = self.measuring = False
         self.load_error = None
         if self.settings.tree != settings_mod.TREE_AUTO and message.request.tree is None:
-            self._set_tree(self.settings.tree)
+            self.request_tree(self.settings.tree)
         if self.settings.model != message.request.model or (self.settings.quant or None) != message.request.quant:
             self.settings.model = message.request.model
             self.settings.quant = message.request.quant or ""
@@ -324,14 +368,18 @@ class MedusaChatApp(App[None]):
         if not getattr(self.loaded.generator, "has_heads", True) and self.medusa:
             self.notify("This model has no Medusa heads: decoding is plain.", severity="warning")
         self.refresh_chat()
+        if self.chat_screen is not None:
+            self.call_later(self.chat_screen.send_queued)
 
     @on(ModelLoadFailed)
     def _on_model_load_failed(self, message: ModelLoadFailed) -> None:
         if message.seq != self._load_seq:
             return
-        self.loading = False
+        self.loading = self.measuring = False
         self.load_error = f"Could not load {message.request.model}: {describe_error(message.error)}"
         self.notify(self.load_error, title="Model not loaded", severity="error", timeout=12)
+        if self.chat_screen is not None:
+            self.chat_screen.drop_queued("the model did not load")
         self.refresh_chat()
 
     # --- actions ----------------------------------------------------------------------------------
@@ -403,10 +451,11 @@ class MedusaChatApp(App[None]):
     def export_conversation(self, conversation_id: int) -> None:
         from .screens.dialogs import TextPrompt
 
-        store = self.store
-        conversation = store.get(conversation_id) if store is not None else None
+        if self.store is None:
+            self.notify("History is not available.", severity="warning")
+            return
+        conversation = self.history_call("read the conversation", lambda store: store.get(conversation_id))
         if conversation is None:
-            self.notify("Conversation not found.", severity="error")
             return
         slug = re.sub(r"[^A-Za-z0-9]+", "-", conversation.title).strip("-").lower()[:40] or "chat"
         default = Path.cwd() / f"medusa-chat-{conversation_id}-{slug}.md"

@@ -13,11 +13,12 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Header, Static
 
 from ...engine.events import GenerationStats, StepEvent
 from ...store import StoredMessage
 from ..engine import Gauges, generation_config, is_context_error, token_segments
+from ..widgets.footer import ChatFooter
 from ..widgets.gauges import GaugeBar
 from ..widgets.message import MessageView, code_blocks
 from ..widgets.prompt import PromptInput
@@ -97,7 +98,8 @@ class ChatScreen(Screen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "stop", "Stop", priority=True, id="generation.stop", tooltip="Stop the generation"),
         Binding("ctrl+n", "new_chat", "New chat", priority=True, id="chat.new"),
-        Binding("ctrl+r", "regenerate", "Regenerate", priority=True, id="chat.regenerate", show=False),
+        Binding("ctrl+r", "regenerate", "Regenerate", priority=True, id="chat.regenerate",
+                tooltip="Generate the last answer again (replaces it)"),
         Binding("ctrl+b", "compare", "Compare", priority=True, id="chat.compare",
                 tooltip="Re-run the last prompt with Medusa off and on, side by side"),
         Binding("ctrl+g", "colour", "Colour tokens", priority=True, id="chat.colour", show=False,
@@ -117,6 +119,7 @@ class ChatScreen(Screen):
         self._pending: tuple[str, Any] | None = None  # a request waiting for the stopped worker to end
         self.last_gauges: Gauges | None = None
         self.compare_running = False
+        self.queued: str | None = None  # a prompt sent while the model loads; sent once loading ends
 
     @property
     def chat_app(self) -> MedusaChatApp:
@@ -134,7 +137,7 @@ class ChatScreen(Screen):
             )
         yield GaugeBar(id="gauges")
         yield PromptInput(id="prompt", placeholder="Message (Enter to send)")
-        yield Footer()
+        yield ChatFooter()
 
     def on_mount(self) -> None:
         self.query_one("#transcript", VerticalScroll).anchor()
@@ -142,9 +145,25 @@ class ChatScreen(Screen):
         self.refresh_status()
 
     def on_unmount(self) -> None:
-        # Quitting (or tearing the screen down) stops any generation at its next step.
-        if self.job is not None:
-            self.job.cancel.set()
+        # Quitting (or tearing the screen down) stops any generation and keeps what it produced.
+        self.save_partial()
+
+    def save_partial(self) -> None:
+        """Stop a running answer and store what was generated so far, marked stopped (quit mid-answer)."""
+        job = self.job
+        if job is None:
+            return
+        job.cancel.set()
+        if job.stopped or job.done or job.view is None or self.compare_running:
+            return
+        job.stopped = True
+        while job.queue:  # text the UI has not drawn yet still belongs to the answer
+            item, _ = job.queue.popleft()
+            if isinstance(item, StepEvent):
+                job.gauges.add(item)
+                job.view.content += item.text
+        if job.view.content:
+            self._finish_answer(job, stopped=True)
 
     # --- status -----------------------------------------------------------------------------------
 
@@ -162,14 +181,15 @@ class ChatScreen(Screen):
         self.query_one("#status", Static).update(app.status_line())
         self.query_one("#status").set_class(app.loading, "-loading")
         self.query_one("#status").set_class(app.load_error is not None, "-error")
-        gauges = self.job.gauges if self.job is not None and not self.job.done else self.last_gauges
-        self.query_one(GaugeBar).show(gauges, app.medusa, app.baseline_tps)
+        running = self.job is not None and not self.job.done and self.job.view is not None
+        gauges = self.job.gauges if running and self.job is not None else self.last_gauges
+        self.query_one(GaugeBar).show(gauges, app.medusa, app.baseline_tps, measuring=app.measuring)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop":
             return self.generating or self.compare_running
         if action == "regenerate":
-            return None if self.busy else True
+            return not self.busy  # hidden while generating (the footer keeps room for Stop)
         return True
 
     # --- prompt -----------------------------------------------------------------------------------
@@ -179,25 +199,44 @@ class ChatScreen(Screen):
         await self.submit(event.text)
 
     async def submit(self, text: str) -> bool:
-        """Send ``text`` as the next user turn; False when it cannot be sent now."""
+        """Send ``text`` as the next user turn; False when it cannot be sent now (queued while loading)."""
         app = self.chat_app
         if app.loaded is None:
-            app.notify(
-                "The model is still loading; your prompt is kept." if app.loading else "No model loaded (ctrl+o).",
-                severity="warning",
-            )
+            if app.loading:
+                first = self.queued is None
+                self.queued = text
+                if first:
+                    app.notify("The model is loading: your message is sent when it is ready.", timeout=4)
+                self.refresh_status()
+            else:
+                app.notify("No model loaded (ctrl+o).", severity="warning")
             return False
         if self.busy and not (self.job is not None and self.job.stopped):
             app.notify("Still generating: press Esc to stop it first.", severity="warning")
             return False
         prompt = self.query_one(PromptInput)
         prompt.remember(text)
-        prompt.load_text("")
+        if prompt.text == text or self.queued is None:
+            prompt.load_text("")
+        self.queued = None
         await self._add_view(MessageView("user", text))
         self.turns.append({"role": "user", "content": text})
         self._store_message(StoredMessage("user", text))
         self._start_generation()
         return True
+
+    async def send_queued(self) -> None:
+        """The model is ready: send the prompt queued while it loaded (once)."""
+        text = self.queued
+        if text is not None:
+            await self.submit(text)
+            self.queued = None
+
+    def drop_queued(self, reason: str) -> None:
+        if self.queued is not None:
+            self.queued = None
+            self.chat_app.notify(f"Your message was not sent: {reason}. It is still in the prompt.",
+                                 severity="warning")
 
     async def _add_view(self, view: MessageView) -> None:
         transcript = self.query_one("#transcript", VerticalScroll)
@@ -218,6 +257,7 @@ class ChatScreen(Screen):
             self._pending = ("generate", None)
             return
         app = self.chat_app
+        app.apply_pending_tree()  # never while a step runs: the worker starts after this
         self._job_seq += 1
         view = MessageView("assistant", model=app.loaded.name if app.loaded else "", colour=app.colour_tokens)
         job = Job(self._job_seq, view, Gauges(medusa=app.medusa, baseline_tps=app.baseline_tps))
@@ -275,7 +315,7 @@ class ChatScreen(Screen):
             for event in events:
                 job.gauges.add(event)
             await job.view.append("".join(e.text for e in events), segments)
-            self.query_one(GaugeBar).show(job.gauges, job.gauges.medusa, job.gauges.baseline_tps)
+            self.query_one(GaugeBar).show(job.gauges, self.chat_app.medusa, job.gauges.baseline_tps)
         if final is not None:
             await self._finished(job, final)
 
@@ -369,17 +409,28 @@ class ChatScreen(Screen):
     # --- storage ----------------------------------------------------------------------------------
 
     def _store_message(self, message: StoredMessage) -> None:
-        store = self.chat_app.store
-        if store is None:
-            return
-        try:
+        """Save a message (creating the conversation first); a failing history is reported, never fatal."""
+        app = self.chat_app
+        if self.conversation_id is None:
+            model = app.loaded.name if app.loaded else ""
+            self.conversation_id = app.history_call(
+                "save this chat", lambda store: store.create_conversation(system_prompt=self.system_prompt, model=model)
+            )
             if self.conversation_id is None:
-                self.conversation_id = store.create_conversation(
-                    system_prompt=self.system_prompt, model=self.chat_app.loaded.name if self.chat_app.loaded else ""
-                )
-            store.add_message(self.conversation_id, message)
-        except Exception as exc:  # the chat goes on; the user is told history is not being saved
-            self.chat_app.notify(f"Could not save to history: {exc}", severity="error")
+                return
+        app.history_call("save the message", lambda store: store.add_message(self.conversation_id, message))
+
+    async def conversation_deleted(self, conversation_id: int) -> None:
+        """The open conversation was deleted from history: clear it from the screen and start a new chat."""
+        if self.conversation_id != conversation_id:
+            return
+        job = self.job
+        if job is not None and not job.done:
+            job.cancel.set()
+            job.stopped = True  # nothing of a deleted chat is saved again
+        self.conversation_id = None
+        await self.load_conversation(None)
+        self.chat_app.notify("The open conversation was deleted: this is a new chat.")
 
     # --- actions ----------------------------------------------------------------------------------
 
@@ -397,9 +448,8 @@ class ChatScreen(Screen):
         self.conversation_id = None
         self.last_gauges = None
         self.system_prompt = self.chat_app.settings.system_prompt
-        store = self.chat_app.store
-        if conversation_id is not None and store is not None:
-            conversation = store.get(conversation_id)
+        if conversation_id is not None:
+            conversation = self.chat_app.history_call("open the conversation", lambda store: store.get(conversation_id))
             if conversation is not None:
                 self.conversation_id = conversation.id
                 self.system_prompt = conversation.system_prompt
@@ -437,8 +487,14 @@ class ChatScreen(Screen):
             self.chat_app.notify("Nothing to regenerate yet.", severity="warning")
             return
         last = views[-1]
-        if self.conversation_id is not None and last.stored_id is not None and self.chat_app.store is not None:
-            self.chat_app.store.delete_messages_from(self.conversation_id, last.stored_id)
+        cid = self.conversation_id
+        if cid is not None and last.stored_id is not None:
+            # Only the answer this window made: another window's later turns are never touched.
+            deleted = self.chat_app.history_call(
+                "replace the answer in history", lambda store: store.delete_messages(cid, [last.stored_id])
+            )
+            if deleted is None:
+                return
         await last.remove()
         if self.turns and self.turns[-1]["role"] == "assistant":
             self.turns.pop()
@@ -498,6 +554,7 @@ class ChatScreen(Screen):
 
     def _run_compare(self, messages: list[dict[str, str]]) -> None:
         app = self.chat_app
+        app.apply_pending_tree()
         self._job_seq += 1
         self.job = Job(self._job_seq, None, Gauges(medusa=True, baseline_tps=app.baseline_tps))
         self.compare_running = True
@@ -512,7 +569,9 @@ class ChatScreen(Screen):
             ids = loaded.chat_ids(messages)
             plain = loaded.generator.generate(ids, generation_config(loaded, **kwargs), job.cancel)
             self.post_message(CompareProgress(job.id, "Comparing: Medusa decoding (Medusa on)… Esc cancels"))
-            medusa = loaded.generator.generate(ids, generation_config(loaded, **{**kwargs, "medusa": True}), job.cancel)
+            # Compare measures Medusa itself: no automatic fallback in its Medusa run.
+            medusa_kwargs = {**kwargs, "medusa": True, "auto_fallback": False}
+            medusa = loaded.generator.generate(ids, generation_config(loaded, **medusa_kwargs), job.cancel)
             if job.cancel.is_set():
                 self.post_message(CompareDone(job.id, None))
                 return

@@ -11,6 +11,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Markdown, Static
 
 from ...engine.events import GenerationStats
+from ..engine import plural
+from ..widgets.message import chat_markdown
 
 if TYPE_CHECKING:
     from .chat import CompareResult
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
 
 def _column_stats(stats: GenerationStats, speedup: float | None) -> str:
     parts = [
-        f"{stats.new_tokens} tokens in {stats.steps} steps",
+        f"{plural(stats.new_tokens, 'token')} in {plural(stats.steps, 'step')}",
         f"{stats.mean_accepted:.2f} tok/step",
         f"{stats.tokens_per_s:.1f} tok/s",
     ]
@@ -50,12 +52,12 @@ class CompareScreen(ModalScreen[None]):
                     yield Static("Medusa OFF (plain decoding)", classes="compare-heading")
                     yield Static(_column_stats(r.plain, 1.0), classes="compare-stats")
                     with VerticalScroll():
-                        yield Markdown(r.plain.text)
+                        yield Markdown(r.plain.text, parser_factory=chat_markdown)
                 with Vertical(classes="compare-column", id="compare-medusa"):
                     yield Static("Medusa ON", classes="compare-heading")
                     yield Static(_column_stats(r.medusa, r.speedup), classes="compare-stats")
                     with VerticalScroll():
-                        yield Markdown(r.medusa.text)
+                        yield Markdown(r.medusa.text, parser_factory=chat_markdown)
             yield Static(
                 "Speedup here = Medusa tok/s ÷ plain tok/s of these two runs (same prompt, same settings).",
                 id="compare-note",

@@ -10,7 +10,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Markdown, Static
 
-from ..widgets.gauges import ACCEPT_HELP, SPEEDUP_HELP
+from ..widgets.gauges import ACCEPT_HELP, FALLBACK_HELP, SPEEDUP_HELP
 
 HELP_MARKDOWN = f"""\
 ## Gauges
@@ -18,18 +18,26 @@ HELP_MARKDOWN = f"""\
 - **accepted/step** — {ACCEPT_HELP}
 - **tok/s** — decoding speed of the answer (prefill excluded).
 - **speedup** — {SPEEDUP_HELP}
-- Each finished answer keeps its own figures in the line under it.
+- **→ plain** — {FALLBACK_HELP}
+- Each finished answer keeps its own figures in the line under it; every figure there and in the bar comes from
+  the same counters of that answer.
 
 ## Medusa
 
 Medusa adds small *decoding heads* that guess several tokens ahead; one forward pass verifies the
 guesses along a tree of candidates. Under greedy decoding (temperature 0) the output is **identical**
 to plain decoding: **compare** (ctrl+b) re-runs the last prompt both ways and checks it.
-**Colour tokens** (ctrl+g) highlights tokens accepted from a head.
+**Colour tokens** (ctrl+g) shows the answers as plain text with the tokens drafted by a head highlighted.
 
 ## Prompt
 
 Enter sends · Shift+Enter or Ctrl+J inserts a newline · Up/Down on the first/last line recall earlier prompts.
+While the model loads, Enter queues the message: it is sent once, when loading ends.
+
+## Quitting
+
+**ctrl+q** quits. An answer being generated is kept, marked *stopped*, like Esc.
+ctrl+p opens the command palette (every action, including those not in the footer).
 
 ## Remapping keys
 

@@ -12,6 +12,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Static
 
+from ...store import Conversation
+from ..engine import plural
 from .dialogs import Confirm, TextPrompt
 
 if TYPE_CHECKING:
@@ -54,13 +56,13 @@ class HistoryScreen(ModalScreen[int | None]):
     def reload(self) -> None:
         table = self.query_one(DataTable)
         table.clear()
-        store = self.chat_app.store
-        conversations = store.list_conversations() if store is not None else []
+        found = self.chat_app.history_call("list the conversations", lambda s: s.list_conversations())
+        conversations = found or []
         for c in conversations:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.updated))
             table.add_row(c.title or "(untitled)", c.model, str(c.message_count), when, key=str(c.id))
         self.query_one("#history-empty", Static).update(
-            "" if conversations else "No conversations yet." if store is not None else "History is unavailable."
+            "" if conversations else "No conversations yet." if found is not None else "History is unavailable."
         )
 
     def selected_id(self) -> int | None:
@@ -82,36 +84,49 @@ class HistoryScreen(ModalScreen[int | None]):
     def action_dismiss_none(self) -> None:
         self.dismiss(None)
 
+    def _conversation(self, conversation_id: int) -> Conversation | None:
+        return self.chat_app.history_call("read the conversation", lambda store: store.get(conversation_id))
+
     def action_rename(self) -> None:
         conversation_id = self.selected_id()
-        store = self.chat_app.store
-        if conversation_id is None or store is None:
+        if conversation_id is None:
             return
-        conversation = store.get(conversation_id)
-        title = conversation.title if conversation else ""
+        conversation = self._conversation(conversation_id)
+        if conversation is None:
+            return
 
         def done(value: str | None) -> None:
             if value is not None and value.strip():
-                store.rename(conversation_id, value)
+                title, cid = value, conversation_id
+                self.chat_app.history_call("rename the conversation", lambda store: store.rename(cid, title))
                 self.reload()
 
-        self.app.push_screen(TextPrompt("Rename conversation", title, id="rename"), done)
+        self.app.push_screen(TextPrompt("Rename conversation", conversation.title, id="rename"), done)
 
     def action_delete(self) -> None:
         conversation_id = self.selected_id()
-        store = self.chat_app.store
-        if conversation_id is None or store is None:
+        if conversation_id is None:
             return
+        conversation = self._conversation(conversation_id)
+        if conversation is None:
+            return
+        app = self.chat_app
 
-        def done(yes: bool | None) -> None:
-            if yes:
-                store.delete(conversation_id)
-                chat = self.chat_app.chat_screen
-                if chat is not None and chat.conversation_id == conversation_id:
-                    chat.conversation_id = None
-                self.reload()
+        async def done(yes: bool | None) -> None:
+            if not yes:
+                return
+            if app.history_call("delete the conversation", lambda store: store.delete(conversation_id) or True):
+                chat = app.chat_screen
+                if chat is not None:
+                    await chat.conversation_deleted(conversation_id)
+            self.reload()
 
-        self.app.push_screen(Confirm("Delete this conversation? This cannot be undone."), done)
+        title = conversation.title or "(untitled)"
+        is_open = app.chat_screen is not None and app.chat_screen.conversation_id == conversation_id
+        detail = plural(conversation.message_count, "message") + (", open now: it is closed" if is_open else "")
+        self.app.push_screen(
+            Confirm(f"Delete “{title}” ({detail})? This cannot be undone.", yes="Delete", no="Cancel"), done
+        )
 
     def action_export(self) -> None:
         conversation_id = self.selected_id()

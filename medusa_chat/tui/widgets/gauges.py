@@ -1,79 +1,162 @@
-"""The gauge bar: accepted tokens per step (current, mean, sparkline), tokens/s and measured speedup."""
+"""The gauge bar: accepted tokens per step (current, mean, sparkline), tokens/s and measured speedup.
+
+All figures come from one :class:`Gauges` (one answer's counters). The parts are packed into as few lines
+as the width allows, never broken inside a part; narrow terminals get short labels.
+"""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.containers import Horizontal
-from textual.widgets import Static
+from typing import ClassVar
+
+from rich.text import Text
+from textual.geometry import Size
+from textual.widget import Widget
 
 from ..engine import Gauges, sparkline
 
 SPEEDUP_HELP = (
     "Speedup is measured, not assumed: tokens/s of this answer divided by the plain-decoding tokens/s "
     "of the same model on this machine. The plain speed comes from a short calibration run when the "
-    "model loads, and is refreshed every time you generate with Medusa off (ctrl+t)."
+    "model loads, and is refreshed every time you generate with Medusa off (ctrl+t) and by compare "
+    "(ctrl+b). A speedup above the tokens per step is impossible, so it is then shown as `?` (the plain "
+    "speed is stale: the machine was busier when it was measured)."
 )
 ACCEPT_HELP = (
     "Accepted tokens per step: how many tokens one forward pass produced (1 = plain decoding). "
     "Shown for the latest step, as the mean over the answer, and as a sparkline of recent steps."
 )
-
-
 FALLBACK_HELP = (
-    "Automatic fallback: plain decoding was measured faster than Medusa for this model on this machine, "
-    "so the engine decodes plainly and tries Medusa again every few dozen steps (Settings: Automatic fallback)."
+    "`→ plain` is automatic fallback: plain decoding was measured faster than Medusa for this model on this "
+    "machine, so the engine decodes plainly and tries Medusa again every few dozen steps. Such an answer says "
+    "so on a line of its own and claims no speedup (Settings: Automatic fallback)."
 )
-
-
-def speedup_text(gauges: Gauges) -> str:
-    speedup = gauges.speedup
-    if speedup is None:
-        return "speedup –"
-    return f"speedup {speedup:.2f}×"
-
+GAUGE_HELP = f"{ACCEPT_HELP}\n\n{SPEEDUP_HELP}\n\n{FALLBACK_HELP}"
 
 SPARK_WIDTH = 12
+ORDER = ("mode", "accepted", "spark", "tps", "speedup", "plain")
 
 
-class GaugeBar(Horizontal):
-    """Live while streaming; shows the last finished answer's figures when idle."""
+def gauge_parts(
+    gauges: Gauges | None, medusa: bool, baseline: float | None, *, measuring: bool = False, short: bool = False
+) -> dict[str, str]:
+    """The texts of the bar. ``medusa``: the toggle (used when no figures are shown yet)."""
+    if baseline:
+        plain = f"plain {baseline:.1f} tok/s"
+    elif measuring:
+        plain = "plain speed: measuring…"
+    else:
+        plain = "plain speed –"
+    parts = {"plain": plain}
+    if gauges is None or gauges.steps == 0:
+        parts["mode"] = "Medusa ON" if medusa else "Medusa OFF"
+        parts["accepted"] = "tok/step –" if short else "accepted/step –"
+        parts["tps"] = "– tok/s"
+        parts["speedup"] = "speedup –"
+        return parts
+    mode = gauges.mode
+    running = gauges.final is None
+    if mode in ("fallback", "mixed") or (running and gauges.medusa and gauges.fallback):
+        parts["mode"] = "Medusa ON → plain"
+    else:
+        parts["mode"] = "Medusa ON" if gauges.medusa else "Medusa OFF"
+    if not running and gauges.medusa != medusa:
+        parts["mode"] += f" (next: {'ON' if medusa else 'OFF'})"
+    mean = f"{gauges.mean_accepted:.2f}"
+    parts["accepted"] = (
+        f"{gauges.current}/step · mean {mean}" if short else f"accepted/step {gauges.current} · mean {mean}"
+    )
+    parts["spark"] = sparkline(gauges.recent, width=SPARK_WIDTH)
+    parts["tps"] = f"{gauges.tokens_per_s:.1f} tok/s"
+    if gauges.speedup is not None:
+        parts["speedup"] = f"speedup {gauges.speedup:.2f}×"
+    elif gauges.stale_baseline:
+        parts["speedup"] = "speedup ?"
+    elif mode in ("plain", "fallback"):
+        parts["speedup"] = "plain decoding" if short else "speedup – (plain decoding)"
+    else:
+        parts["speedup"] = "speedup –"
+    return parts
+
+
+def pack(texts: list[str], width: int, gap: int = 2) -> list[list[str]]:
+    """Greedy line packing of whole parts into ``width`` columns."""
+    lines: list[list[str]] = [[]]
+    used = 0
+    for text in texts:
+        need = len(text) + (gap if lines[-1] else 0)
+        if lines[-1] and used + need > width:
+            lines.append([])
+            used, need = 0, len(text)
+        lines[-1].append(text)
+        used += need
+    return lines
+
+
+class GaugeBar(Widget):
+    """Live while streaming; shows the last finished answer's figures when idle. Wraps on narrow terminals."""
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "gauge--on", "gauge--off", "gauge--spark", "gauge--tps", "gauge--muted",
+    }
 
     DEFAULT_CSS = """
-    GaugeBar { height: 1; }
+    GaugeBar { height: auto; padding: 0 1; }
+    GaugeBar > .gauge--on { color: $success; text-style: bold; }
+    GaugeBar > .gauge--off { color: $warning; text-style: bold; }
+    GaugeBar > .gauge--spark { color: $success; }
+    GaugeBar > .gauge--tps { color: $accent; }
+    GaugeBar > .gauge--muted { color: $text-muted; }
     """
 
-    def compose(self) -> ComposeResult:
-        yield Static("", id="gauge-mode")
-        yield Static("", id="gauge-accepted")
-        yield Static("", id="gauge-spark")
-        yield Static("", id="gauge-tps")
-        yield Static("", id="gauge-speedup")
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.parts: dict[str, str] = gauge_parts(None, True, None)
+        self._args: tuple[Gauges | None, bool, float | None, bool] = (None, True, None, False)
 
     def on_mount(self) -> None:
-        self.query_one("#gauge-accepted").tooltip = ACCEPT_HELP
-        self.query_one("#gauge-spark").tooltip = ACCEPT_HELP
-        self.query_one("#gauge-speedup").tooltip = SPEEDUP_HELP
-        self.query_one("#gauge-tps").tooltip = "Decoding speed of the answer, prefill excluded."
+        self.tooltip = GAUGE_HELP
 
-    def show(self, gauges: Gauges | None, medusa: bool, baseline: float | None) -> None:
-        mode = self.query_one("#gauge-mode", Static)
-        fallback = medusa and gauges is not None and gauges.fallback
-        mode.update("Medusa ON → plain (faster here)" if fallback else "Medusa ON" if medusa else "Medusa OFF")
-        mode.tooltip = FALLBACK_HELP if fallback else None
-        mode.set_class(medusa, "-on")
-        mode.set_class(not medusa, "-off")
-        accepted = self.query_one("#gauge-accepted", Static)
-        spark = self.query_one("#gauge-spark", Static)
-        tps = self.query_one("#gauge-tps", Static)
-        speedup = self.query_one("#gauge-speedup", Static)
-        base = f" · plain {baseline:.1f} tok/s" if baseline else " · plain speed: measuring…"
-        if gauges is None or gauges.steps == 0:
-            accepted.update("accepted/step –")
-            spark.update("")
-            tps.update("– tok/s")
-            speedup.update("speedup –" + base)
-            return
-        accepted.update(f"accepted/step {gauges.current} · mean {gauges.mean_accepted:.2f}")
-        spark.update(sparkline(gauges.recent, width=SPARK_WIDTH))
-        tps.update(f"{gauges.tokens_per_s:.1f} tok/s")
-        speedup.update(speedup_text(gauges) + base)
+    def show(self, gauges: Gauges | None, medusa: bool, baseline: float | None, *, measuring: bool = False) -> None:
+        self._args = (gauges, medusa, baseline, measuring)
+        self.parts = gauge_parts(gauges, medusa, baseline, measuring=measuring)
+        self.refresh(layout=True)
+
+    def text(self) -> str:
+        """All parts on one line (for tests and logs)."""
+        return "  ".join(self.parts[k] for k in ORDER if self.parts.get(k))
+
+    def _lines(self, width: int) -> tuple[dict[str, str], list[list[str]]]:
+        gauges, medusa, baseline, measuring = self._args
+        parts = self.parts
+        lines = pack([parts[k] for k in ORDER if parts.get(k)], max(width, 1))
+        if len(lines) > 2:
+            parts = gauge_parts(gauges, medusa, baseline, measuring=measuring, short=True)
+            lines = pack([parts[k] for k in ORDER if parts.get(k)], max(width, 1))
+        return parts, lines
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return len(self._lines(width)[1])
+
+    def render(self) -> Text:
+        parts, lines = self._lines(self.content_region.width or self.size.width)
+        styles = {
+            "mode": "gauge--on" if parts["mode"].startswith("Medusa ON") else "gauge--off",
+            "spark": "gauge--spark",
+            "tps": "gauge--tps",
+            "plain": "gauge--muted",
+        }
+        by_text = {}
+        for key in ORDER:
+            if parts.get(key):
+                by_text.setdefault(parts[key], key)
+        text = Text(no_wrap=True, overflow="ellipsis")
+        for n, line in enumerate(lines):
+            if n:
+                text.append("\n")
+            for i, part in enumerate(line):
+                if i:
+                    text.append("  ")
+                key = by_text.get(part, "")
+                style = self.get_component_rich_style(styles[key], partial=True) if key in styles else ""
+                text.append(part, style)
+        return text

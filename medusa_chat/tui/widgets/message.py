@@ -1,20 +1,42 @@
-"""One message of the transcript: Markdown (streamed), or token-coloured text, plus a stats line."""
+"""One message of the transcript: Markdown (streamed), or token-coloured plain text, plus its figures.
+
+Single newlines inside a paragraph are line breaks (a poem, an address), as in chat apps; everything
+else is CommonMark (code fences, lists and tables are untouched).
+"""
 
 from __future__ import annotations
 
 import re
 from typing import ClassVar
 
+from markdown_it import MarkdownIt
+from markdown_it.rules_core import StateCore
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
-from ...store import stats_summary
-from ..engine import Gauges, sparkline
+from ..engine import Gauges, sparkline, summary_lines
 
 CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+COLOUR_LEGEND = "Coloured tokens (plain text, no Markdown) · bold green = drafted by a head · ctrl+g for Markdown"
+
+
+def _hard_breaks(state: StateCore) -> None:
+    for token in state.tokens:
+        for child in token.children or ():
+            if child.type == "softbreak":
+                child.type = "hardbreak"
+
+
+def chat_markdown() -> MarkdownIt:
+    """Textual's gfm-like parser where a single newline in a paragraph is a line break."""
+    parser = MarkdownIt("gfm-like")
+    parser.core.ruler.push("medusa_hard_breaks", _hard_breaks)
+    return parser
 
 
 def code_blocks(text: str) -> list[str]:
@@ -63,7 +85,7 @@ class MessageView(Vertical):
         if self.role == "user":
             yield Static(Text(self.content), classes="message--body")
         else:
-            yield Markdown(self.content, classes="message--body")
+            yield Markdown(self.content, classes="message--body", parser_factory=chat_markdown)
             yield Static("", classes="message--coloured message--body")
             yield Static("", classes="message--stats")
 
@@ -124,7 +146,7 @@ class MessageView(Vertical):
     def _render_coloured(self) -> None:
         head = self.get_component_rich_style("message--head-token", partial=True)
         base = self.get_component_rich_style("message--base-token", partial=True)
-        text = Text()
+        text = Text(COLOUR_LEGEND + "\n", style="dim italic")
         for piece, flag in self.segments:
             text.append(piece, head if flag else base)
         self.query_one(".message--coloured", Static).update(text)
@@ -134,10 +156,10 @@ class MessageView(Vertical):
         parts = []
         if self.stopped:
             parts.append("■ stopped")
-        summary = stats_summary(self.stats)
-        if summary:
+        lines = summary_lines(self.stats)
+        if lines:
             spark = sparkline(Gauges.from_dict(self.stats).recent, width=16)
-            parts.append(summary + (f"  {spark}" if spark else ""))
-        line.update(Text("  ".join(parts)))
+            parts.append(lines[0] + (f"  {spark}" if spark else ""))
+        line.update(Text("\n".join(["  ".join(parts), *lines[1:]])))
         line.display = bool(parts)
         self.set_class(self.stopped, "-stopped")
