@@ -4,10 +4,17 @@ Durability: WAL journal with ``synchronous=FULL``; every change is one transacti
 in the middle of a generation leaves the database at the last committed state (the user's prompt is
 committed before generation starts, the answer when it ends). Each assistant message keeps the model,
 the generation settings and the stats (JSON) it was produced with.
+
+Errors: every :class:`Store` method (the constructor included) raises only :class:`StoreError`, with a
+one-line message, for anything the database or the file system refuses (read-only file or directory,
+a damaged file, a lock held too long). Callers catch ``StoreError`` and keep running; a failed call
+changes nothing already stored. Several processes may open a fresh database at once: the schema is
+created inside one write transaction, so exactly one of them migrates it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
@@ -63,7 +70,38 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 class StoreError(RuntimeError):
-    """The database cannot be used (newer schema, unreadable file)."""
+    """The history cannot be read or written (read-only, damaged, newer schema, locked); callers catch it."""
+
+
+def _describe(path: Path, exc: BaseException) -> str:
+    """A one-line message for a SQLite or OS error on the history database at ``path``."""
+    text = str(exc).lower()
+    if "readonly" in text or "read-only" in text or isinstance(exc, PermissionError):
+        return f"the history database {path} is read-only (or its folder is): nothing was changed"
+    if "unable to open" in text or isinstance(exc, OSError):
+        return f"cannot open the history database {path} ({exc}): check that its folder exists and is writable"
+    if "locked" in text or "busy" in text:
+        return f"the history database {path} is busy (another medusa-chat is writing): try again"
+    if "not a database" in text or "malformed" in text or "disk image" in text:
+        return f"{path} is damaged or not a history database; it was left untouched: move it away to start afresh"
+    if "is full" in text:
+        return f"the disk holding {path} is full: nothing was saved"
+    return f"the history database {path} refused the change ({exc}); nothing was changed"
+
+
+def _guarded(method):
+    """Re-raise SQLite and OS errors of a Store method as :class:`StoreError`."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError:
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(_describe(self.path, exc)) from exc
+
+    return wrapper
 
 
 @dataclass
@@ -90,57 +128,114 @@ class Conversation:
 
 
 class Store:
-    """The conversation history. Use from one thread (the UI thread); every call is short."""
+    """The conversation history. Use from one thread (the UI thread); every call is short.
+
+    Every method raises only :class:`StoreError` (see the module docstring): catch it and carry on.
+    """
 
     def __init__(self, path: Path | str | None = None, clock: Callable[[], float] = time.time) -> None:
-        if path is None:
-            from .paths import data_dir
-
-            path = data_dir() / DB_NAME
-        self.path = Path(path)
+        self.path = Path(path) if path is not None else Path(DB_NAME)
         self.clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
+        self.read_only = False  # True when only reading works (a read-only file or folder)
+        try:
+            if path is None:
+                from .paths import data_dir
+
+                self.path = data_dir() / DB_NAME
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(_describe(self.path, exc)) from exc
+        try:
+            self.db = self._connect(str(self.path), uri=False)
+            self._open()
+        except StoreError as exc:
+            if not (self.path.is_file() and "read-only" in str(exc)):
+                raise
+            self._open_read_only()
+
+    def _connect(self, target: str, uri: bool) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(_describe(self.path, exc)) from exc
+        db.row_factory = sqlite3.Row
+        return db
+
+    def _open(self) -> None:
+        try:
+            self._configure()
+        except BaseException:
+            self.db.close()
+            raise
+
+    @_guarded
+    def _configure(self) -> None:
+        self.db.execute("PRAGMA busy_timeout = 10000")  # first: the other PRAGMAs may wait for a lock
         self.db.execute("PRAGMA foreign_keys = ON")
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = FULL")
-        self.db.execute("PRAGMA busy_timeout = 5000")
         self._migrate()
+
+    @_guarded
+    def _open_read_only(self) -> None:
+        """Open a database nobody may write here (immutable: SQLite then needs no -wal/-shm files)."""
+        self.db = self._connect(self.path.resolve().as_uri() + "?immutable=1", uri=True)
+        try:
+            current = self.version
+            self._check_version(current)
+            if current < SCHEMA_VERSION:
+                raise StoreError(_describe(self.path, PermissionError("read-only")))
+        except BaseException:
+            self.db.close()
+            raise
+        self.read_only = True
 
     # --- plumbing ---------------------------------------------------------------------------------
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``): committed at the end, rolled back on any error."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
 
     @property
+    @_guarded
     def version(self) -> int:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])
 
-    def _migrate(self) -> None:
-        current = self.version
+    def _check_version(self, current: int) -> None:
         if current > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path} has schema version {current}, newer than this medusa-chat ({SCHEMA_VERSION}); "
                 "upgrade medusa-chat"
             )
-        for number in range(current, SCHEMA_VERSION):
-            with self.transaction() as db:
-                MIGRATIONS[number](db)
-                db.execute(f"PRAGMA user_version = {number + 1}")
 
+    def _migrate(self) -> None:
+        """Bring the schema up to date; the version is read again inside the write transaction, so
+        processes opening a fresh database at once migrate it exactly once."""
+        self._check_version(self.version)
+        if self.version == SCHEMA_VERSION:
+            return  # up to date: no write lock needed (a read-only database still opens)
+        with self.transaction() as db:
+            current = int(db.execute("PRAGMA user_version").fetchone()[0])
+            self._check_version(current)
+            for number in range(current, SCHEMA_VERSION):
+                MIGRATIONS[number](db)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @_guarded
     def close(self) -> None:
         self.db.close()
 
     # --- conversations ----------------------------------------------------------------------------
 
+    @_guarded
     def create_conversation(self, title: str = "", system_prompt: str = "", model: str = "") -> int:
         now = self.clock()
         with self.transaction() as db:
@@ -150,6 +245,7 @@ class Store:
             )
             return int(cur.lastrowid or 0)
 
+    @_guarded
     def add_message(self, conversation_id: int, message: StoredMessage) -> int:
         with self.transaction() as db:
             row = db.execute(
@@ -185,6 +281,7 @@ class Store:
             message.id = int(cur.lastrowid or 0)
             return message.id
 
+    @_guarded
     def delete_messages_from(self, conversation_id: int, message_id: int) -> None:
         """Delete a message and everything after it (regenerate replaces the last answer)."""
         with self.transaction() as db:
@@ -208,18 +305,22 @@ class Store:
             )
             return int(cur.rowcount)
 
+    @_guarded
     def set_system_prompt(self, conversation_id: int, system_prompt: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE conversations SET system_prompt = ? WHERE id = ?", (system_prompt, conversation_id))
 
+    @_guarded
     def rename(self, conversation_id: int, title: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title.strip(), conversation_id))
 
+    @_guarded
     def delete(self, conversation_id: int) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
 
+    @_guarded
     def list_conversations(self) -> list[Conversation]:
         rows = self.db.execute(
             "SELECT c.*, (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id) AS n"
@@ -227,6 +328,7 @@ class Store:
         ).fetchall()
         return [_conversation(row, message_count=row["n"]) for row in rows]
 
+    @_guarded
     def get(self, conversation_id: int) -> Conversation | None:
         row = self.db.execute("SELECT * FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
         if row is None:

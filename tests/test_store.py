@@ -2,6 +2,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -52,8 +53,9 @@ def test_newer_schema_is_refused(tmp_path):
 def test_failed_transaction_rolls_back(tmp_path):
     store = Store(tmp_path / "h.db")
     cid = store.create_conversation()
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StoreError) as info:
         store.add_message(cid, StoredMessage("robot", "x"))  # role CHECK fails
+    assert isinstance(info.value.__cause__, sqlite3.IntegrityError)
     assert store.get(cid).messages == []
 
 
@@ -100,3 +102,103 @@ def test_kill_during_writes_never_corrupts(tmp_path):
     messages = store.get(conv.id).messages
     assert conv.title == "kept" and messages[0].content == "first"
     assert all(m.content.startswith("x" * 5000) for m in messages[1:])
+
+
+_READ_ONLY_SCRIPT = """
+import json, os, sys
+from medusa_chat.store import Store, StoredMessage, StoreError
+if os.geteuid() == 0:  # root ignores file modes: act as nobody (everything is imported already)
+    os.setgid(65534)
+    os.setuid(65534)
+results = {}
+try:
+    store = Store(sys.argv[1])
+except StoreError as exc:
+    print(json.dumps({"open": str(exc)}))
+    raise SystemExit
+calls = {
+    "list": lambda: len(store.list_conversations()),
+    "get": lambda: len(store.get(1).messages),
+    "add": lambda: store.add_message(1, StoredMessage("user", "x")),
+    "create": lambda: store.create_conversation("new"),
+    "system": lambda: store.set_system_prompt(1, "s"),
+    "rename": lambda: store.rename(1, "r"),
+    "regenerate": lambda: store.delete_messages_from(1, 1),
+    "delete": lambda: store.delete(1),
+}
+for name, call in calls.items():
+    try:
+        results[name] = call()
+    except StoreError as exc:
+        results[name] = "StoreError: " + str(exc)
+    except BaseException as exc:
+        results[name] = "UNEXPECTED " + type(exc).__name__
+store.close()
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.parametrize("folder_writable", [True, False])
+def test_a_read_only_history_raises_only_store_error_and_stays_readable(tmp_path_factory, folder_writable):
+    import json
+    import os
+    import tempfile
+
+    folder = tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp().parent.parent)  # reachable by nobody
+    os.chmod(folder, 0o777 if folder_writable else 0o755)
+    path = Path(folder) / "h.db"
+    store = Store(path)
+    cid = store.create_conversation("kept")
+    store.add_message(cid, StoredMessage("user", "hello"))
+    store.close()
+    before = path.read_bytes()
+    os.chmod(path, 0o444)
+    if not folder_writable and os.geteuid() != 0:
+        os.chmod(folder, 0o555)
+    try:
+        done = subprocess.run([sys.executable, "-c", _READ_ONLY_SCRIPT, str(path)], capture_output=True, text=True)
+    finally:
+        os.chmod(folder, 0o755)
+        os.chmod(path, 0o644)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    assert results["list"] == 1 and results["get"] == 1  # opening conversations still works
+    for name in ("add", "create", "system", "rename", "regenerate", "delete"):
+        assert results[name].startswith("StoreError: ") and "read-only" in results[name], (name, results[name])
+    assert path.read_bytes() == before
+
+
+def test_a_damaged_database_or_missing_folder_is_a_store_error(tmp_path):
+    damaged = tmp_path / "h.db"
+    damaged.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="damaged"):
+        Store(damaged)
+    assert damaged.read_bytes() == b"this is not sqlite" * 100
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="cannot open"):
+        Store(blocker / "sub" / "h.db")  # its folder cannot be created
+
+
+def test_many_processes_opening_a_fresh_database_all_succeed(tmp_path):
+    """The first-run migration race: every process opens the history and sees the schema once."""
+    import time
+
+    path = tmp_path / "h.db"
+    start = time.time() + 1.5
+    script = textwrap.dedent(
+        f"""
+        import time
+        from medusa_chat.store import Store
+        time.sleep(max({start} - time.time(), 0))
+        store = Store({str(path)!r})
+        store.create_conversation("x")
+        print(store.version)
+        """
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(6)]  # fmt: skip
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, [err for _, err in outputs]
+    assert [out.strip() for out, _ in outputs] == [str(SCHEMA_VERSION)] * 6
+    assert len(Store(path).list_conversations()) == 6
