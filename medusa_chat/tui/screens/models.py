@@ -1,22 +1,25 @@
 """Model picker: the catalogue with cache state, size, memory estimates; download with progress; load.
 
-The catalogue scan and every download run in thread workers; the screen never blocks.
+Any Hub repo id or local model directory can be typed too (validated before loading). The catalogue scan
+and every download run in thread workers; the screen never blocks. On narrow terminals the table uses
+compact cells so the memory columns and the buttons stay visible.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import Button, DataTable, Footer, ProgressBar, Select, Static
+from textual.widgets import Button, DataTable, Footer, Input, ProgressBar, Select, Static
 
 from ...memory import bytes_needed
 from ...units import human_bytes, human_duration
@@ -49,6 +52,39 @@ def machine_memory() -> int:
             return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
         except (ValueError, OSError, AttributeError):
             return 0
+
+
+def machine_has_cuda() -> bool:
+    """Whether torch sees a CUDA GPU (4/8-bit need one). Called from the catalogue worker thread."""
+    try:
+        from ...memory import detect_device
+
+        return detect_device().kind == "cuda"
+    except Exception:
+        return False
+
+
+QUANT_REASON = "needs CUDA"
+SHORT_STATES = {"not downloaded": "remote", "not installed": "missing", "downloading": "↓ now", "packaged": "bundled"}
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NARROW = 90  # below this width: compact cells and labels
+
+
+def parse_model_id(text: str) -> tuple[str | None, str]:
+    """(model, problem) for a typed model: an existing local directory or a Hub repo id ``org/name``."""
+    text = text.strip()
+    if not text:
+        return None, "Type a Hub repo id (org/name) or a local model directory."
+    path = os.path.expanduser(text)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            return None, f"{text} is a directory without config.json: not a Hugging Face model directory."
+        return os.path.abspath(path), ""
+    if text.startswith(("/", ".", "~")) or os.sep in text.rstrip("/").replace("/", "", 1):
+        return None, f"No such directory: {text}"
+    if REPO_ID.match(text) and ".." not in text:
+        return text, ""
+    return None, f"{text!r} is neither a local directory nor a Hub repo id like org/name."
 
 
 def estimate(params: int, bytes_per_param: float) -> int:
@@ -128,6 +164,10 @@ def scan_catalog() -> list[Row]:
     return rows
 
 
+def hf_offline_mode() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
 class ModelsScreen(ModalScreen[LoadRequest | None]):
     """Dismisses with a LoadRequest for the chosen model and precision, or None."""
 
@@ -145,6 +185,9 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
         self.downloading: str | None = None
         self.cancel = threading.Event()
         self.memory = 0
+        self.cuda = True  # until the scan says otherwise
+        self._scanned_rows: list[Row] = []
+        self._narrow: bool | None = None
 
     @property
     def chat_app(self) -> MedusaChatApp:
@@ -159,6 +202,8 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
                 yield Static("", id="download-label")
                 yield ProgressBar(id="download-bar", show_eta=False)
             yield Static("Scanning the catalogue…", id="models-summary")
+            yield Input(placeholder="…or type a Hub repo id (org/name) or a local model directory, then Enter",
+                        id="model-id")
             yield Static("", id="models-message")
             with Horizontal(id="models-actions"):
                 yield Select([(label, value) for label, value, _ in PRECISIONS], value="auto", allow_blank=False,
@@ -169,46 +214,79 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        table.add_column("model", key="model")
-        table.add_column("state", key="state")
-        table.add_column("size", key="size")
-        for label, _, _ in PRECISIONS[1:]:
-            table.add_column(label, key=label)
         self._scan()
-        table.focus()
+        self.query_one(DataTable).focus()
+
+    @property
+    def narrow(self) -> bool:
+        return self.app.size.width < NARROW
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self._narrow is not None and self._narrow != self.narrow and self.rows:
+            self._fill_table()
 
     @work(thread=True, group="catalog", exclusive=True, exit_on_error=False)
     def _scan(self) -> None:
         try:
             self.memory = machine_memory()
+            self.cuda = machine_has_cuda()
             self.post_message(CatalogScanned(scan_catalog(), None))
         except Exception as exc:
             self.post_message(CatalogScanned([], f"Catalogue unavailable: {exc}"))
 
-    def _memory_cell(self, params: int, bytes_per_param: float) -> str:
+    def _memory_cell(self, params: int, precision: str, bytes_per_param: float) -> str:
+        if precision in ("4bit", "8bit") and not self.cuda:
+            return "no GPU" if self.narrow else QUANT_REASON
         if not params:
             return "–"
         need = estimate(params, bytes_per_param)
-        fits = "" if not self.memory else (" ✓" if need <= self.memory else " ✗")
-        return human_bytes(need) + fits
+        size = human_bytes(need)
+        if self.narrow:
+            size = size.replace(" ", "").removesuffix("B")  # 4.8G
+        fits = "" if not self.memory else ("✓" if need <= self.memory else "✗")
+        return f"{size}{'' if self.narrow else ' '}{fits}".rstrip()
+
+    def _fill_table(self) -> None:
+        """(Re)build the table for the current width; the cursor stays on the same model."""
+        narrow = self._narrow = self.narrow
+        table = self.query_one(DataTable)
+        keep = self.selected()
+        table.clear(columns=True)
+        self.set_class(narrow, "-narrow")
+        table.add_column("model", key="model", width=18 if narrow else None)
+        table.add_column("state", key="state", width=7 if narrow else None)
+        if not narrow:
+            table.add_column("size", key="size")
+        for label, _, _ in PRECISIONS[1:]:
+            table.add_column(label, key=label)
+        for row in self._scanned_rows:
+            state = "downloading" if row.name == self.downloading else row.state
+            label = row.name + (" (loaded)" if row.name == self.current else "")
+            if narrow:
+                label = label if len(label) <= 18 else label[:17] + "…"
+                state = SHORT_STATES.get(state, state[:7])
+            cells = [label, state] + ([] if narrow else [human_bytes(row.size) if row.size > 0 else "–"])
+            cells += [self._memory_cell(row.params, value, b) for _, value, b in PRECISIONS[1:]]
+            table.add_row(*cells, key=row.name)
+        if keep is not None and keep.name in self.rows:
+            table.move_cursor(row=table.get_row_index(keep.name))
+        self.query_one("#cancel-download", Button).label = "Cancel" if narrow else "Cancel download"
+        self.refresh(layout=True)
 
     @on(CatalogScanned)
     def _scanned(self, message: CatalogScanned) -> None:
-        table = self.query_one(DataTable)
-        table.clear()
+        self._scanned_rows = list(message.rows)
         self.rows = {r.name: r for r in message.rows}
-        for row in message.rows:
-            state = "downloading" if row.name == self.downloading else row.state
-            label = row.name + (" (loaded)" if row.name == self.current else "")
-            cells = [label, state, human_bytes(row.size) if row.size > 0 else "–"]
-            cells += [self._memory_cell(row.params, b) for _, _, b in PRECISIONS[1:]]
-            table.add_row(*cells, key=row.name)
+        self._fill_table()
         memory = f"available here: {human_bytes(self.memory)}" if self.memory else "memory unknown"
-        summary = (
-            f"{len(message.rows)} models · memory per precision (✓ fits, ✗ does not; {memory}) · "
-            "Enter loads · d downloads · c cancels"
-        )
+        quant = "" if self.cuda else " · 4/8-bit need a CUDA GPU (bitsandbytes): none here"
+        if self.narrow:
+            summary = f"{len(message.rows)} models · ✓ fits / ✗ not in {human_bytes(self.memory) or '?'}{quant}"
+        else:
+            summary = (
+                f"{len(message.rows)} models · memory per precision (✓ fits, ✗ does not; {memory}){quant} · "
+                "Enter loads · d downloads · c cancels"
+            )
         self.query_one("#models-summary", Static).update(summary)
         if message.error:
             self._message(message.error, error=True)
@@ -242,7 +320,33 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
     def _cancel_pressed(self) -> None:
         self.action_cancel_download()
 
+    @on(Input.Changed, "#model-id")
+    def _typing(self) -> None:
+        self._message("")
+
+    def _precision(self) -> str | None:
+        """The chosen precision, or None (with a message) when this machine cannot run it."""
+        precision = str(self.query_one("#precision", Select).value)
+        if precision in ("4bit", "8bit") and not self.cuda:
+            self._message(f"{precision} needs a CUDA GPU (bitsandbytes) and this machine has none: "
+                          "pick auto, fp16 or fp32.", error=True)
+            return None
+        return precision
+
+    def load_typed(self) -> None:
+        """Load what was typed: an existing local model directory or a Hub repo id."""
+        model, problem = parse_model_id(self.query_one("#model-id", Input).value)
+        if model is None:
+            self._message(problem, error=True)
+            return
+        precision = self._precision()
+        if precision is not None:
+            self.dismiss(request_for(model, precision))
+
     def action_load(self) -> None:
+        if self.focused is self.query_one("#model-id", Input):
+            self.load_typed()
+            return
         row = self.selected()
         if row is None:
             return
@@ -252,8 +356,9 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
         if row.state == "not installed":
             self._message(f"{row.name} ships in a Python package that is not installed: {row.note}", error=True)
             return
-        precision = str(self.query_one("#precision", Select).value)
-        self.dismiss(request_for(row.name, precision))
+        precision = self._precision()
+        if precision is not None:
+            self.dismiss(request_for(row.name, precision))
 
     def action_close(self) -> None:
         if self.downloading:
@@ -311,10 +416,23 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
             f"ETA {human_duration(getattr(p, 'eta', None))} · {getattr(p, 'filename', '')}"
         )
 
-    @on(DownloadEnded)
-    def _ended(self, message: DownloadEnded) -> None:
+    def download_failure(self, name: str, error: BaseException) -> str:
+        """Why a download failed, and what is usable now (the packaged default counts)."""
         from ..app import describe_error
 
+        offline = type(error).__name__ in ("OfflineError", "LocalEntryNotFoundError", "OfflineModeIsEnabled")
+        if not offline:
+            return f"Download of {name} failed: {describe_error(error)}"
+        if hf_offline_mode():
+            why = "offline mode is on (HF_HUB_OFFLINE is set): unset it to download"
+        else:
+            why = "the Hub cannot be reached (no network?)"
+        usable = [r.name for r in self._scanned_rows if r.state in ("cached", "packaged")]
+        have = ", ".join(usable) if usable else "none"
+        return f"Download of {name} failed: {why}. Usable offline now: {have}."
+
+    @on(DownloadEnded)
+    def _ended(self, message: DownloadEnded) -> None:
         self.downloading = None
         self.query_one("#cancel-download", Button).disabled = True
         if message.cancelled:
@@ -322,7 +440,7 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
             self._message("Download cancelled; downloading again resumes.")
         elif message.error is not None:
             self.query_one("#download-panel").remove_class("-active")
-            self._message(f"Download of {message.name} failed: {describe_error(message.error)}", error=True)
+            self._message(self.download_failure(message.name, message.error), error=True)
         else:
             self.query_one("#download-label", Static).update(f"{message.name}: downloaded")
             self._message(f"{message.name} is ready: press Enter to load it.")

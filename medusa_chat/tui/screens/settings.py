@@ -24,9 +24,9 @@ NUMBER_FIELDS: list[tuple[str, str, str]] = [
     ("temperature", "Temperature", "0 = greedy (lossless Medusa); up to 2"),
     ("top_p", "Top-p", "nucleus sampling, in (0, 1]"),
     ("max_new_tokens", "Max new tokens", "1 – 32768"),
-    ("posterior_threshold", "Typical acceptance: threshold ε", "0 – 1 (sampling only)"),
-    ("posterior_alpha", "Typical acceptance: alpha δ", "0 – 1 (sampling only)"),
-    ("prompt_lookup", "Prompt-lookup draft", "tokens copied from the context into each tree; 0 = off"),
+    ("posterior_threshold", "Typical: threshold ε", "typical acceptance, 0 – 1 (sampling only)"),
+    ("posterior_alpha", "Typical: alpha δ", "typical acceptance, 0 – 1 (sampling only)"),
+    ("prompt_lookup", "Prompt lookup", "tokens copied from the context into each tree; 0 = off"),
 ]
 ACCEPTANCE_CHOICES = [
     ("typical (fast, approximate)", "typical"),
@@ -35,7 +35,9 @@ ACCEPTANCE_CHOICES = [
 
 
 class SettingsScreen(ModalScreen[Settings | None]):
-    """Dismisses with the new (validated, saved) Settings, or None when cancelled."""
+    """Dismisses with the new (validated, saved) Settings, or None when cancelled. Opens on the first field."""
+
+    AUTO_FOCUS = "#field-temperature"
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "cancel", "Cancel", id="settings.cancel"),
@@ -46,6 +48,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
         super().__init__(id="settings")
         self.settings = settings
         self.themes = themes
+        self.errors: dict[str, str] = {}
 
     def compose(self) -> ComposeResult:
         s = self.settings
@@ -64,7 +67,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
                 with Horizontal(classes="field"):
                     yield Label("Tree", classes="field-label")
                     yield Select([(t, t) for t in trees], value=s.tree, allow_blank=False, id="field-tree")
-                    yield Static("auto = the model's default", classes="field-hint")
+                    yield Static("auto: the model's default; tuned: this machine's", classes="field-hint")
                 yield Static("", id="error-tree", classes="field-error")
                 with Horizontal(classes="field"):
                     yield Label("Sampling acceptance", classes="field-label")
@@ -83,7 +86,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
                     yield Label("Theme", classes="field-label")
                     yield Select([(t, t) for t in themes], value=s.theme, allow_blank=False, id="field-theme")
                 yield Static("", id="error-theme", classes="field-error")
-                yield Label("System prompt (applies to this and new chats)", classes="field-label")
+                yield Label("System prompt (applies to this and new chats)", classes="field-label -wide")
                 yield TextArea(s.system_prompt, id="field-system_prompt", soft_wrap=True, show_line_numbers=False)
                 yield Static("", id="error-system_prompt", classes="field-error")
             yield Static("", id="settings-message")
@@ -106,24 +109,39 @@ class SettingsScreen(ModalScreen[Settings | None]):
     def action_save(self) -> None:
         for error in self.query(".field-error"):
             error.update("")  # type: ignore[attr-defined]
+        self.errors = {}
         try:
             new = parse_form(self.settings, self.form_values())
         except SettingsError as exc:
+            self.errors = dict(exc.errors)
             for name, text in exc.errors.items():
                 self.query_one(f"#error-{name}", Static).update(f"✗ {text}")
                 for widget in self.query(f"#field-{name}"):
                     widget.add_class("-invalid")
-            self.query_one("#settings-message", Static).update(
-                f"Not saved: {len(exc.errors)} invalid value{'s' if len(exc.errors) > 1 else ''}."
-            )
+            self._show_message()
             return
         app: MedusaChatApp = self.app  # type: ignore[assignment]
         app.apply_settings(new)
         self.dismiss(new)
 
+    def _show_message(self) -> None:
+        n = len(self.errors)
+        text = f"Not saved: {n} invalid value{'s' if n != 1 else ''}." if n else ""
+        self.query_one("#settings-message", Static).update(text)
+
     @on(Input.Changed)
-    def _clear_invalid(self, event: Input.Changed) -> None:
-        event.input.remove_class("-invalid")
+    @on(Select.Changed)
+    @on(Switch.Changed)
+    @on(TextArea.Changed)
+    def _clear_invalid(self, event: Input.Changed | Select.Changed | Switch.Changed | TextArea.Changed) -> None:
+        """An edited field is no longer known to be invalid: its error and the stale count go."""
+        widget = event.control
+        widget.remove_class("-invalid")
+        name = (widget.id or "").removeprefix("field-")
+        if name in self.errors:
+            del self.errors[name]
+            self.query_one(f"#error-{name}", Static).update("")
+            self._show_message()
 
     @on(Button.Pressed, "#save")
     def _save(self) -> None:
