@@ -42,8 +42,29 @@ def fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def check_options_or_fail(*, tree: str | None = None, quant: str | None = None, dtype: str | None = None) -> None:
+    """Refuse a bad --tree/--quant/--dtype before any model is loaded (the engine's own tree parser)."""
+    from .tui.engine import check_options, check_tree
+
+    problem = check_options(quant=quant, dtype=dtype) or check_tree(tree)
+    if problem:
+        fail(problem)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"medusa-chat {version('medusa-chat')}")
+        except PackageNotFoundError:
+            typer.echo("medusa-chat (not installed)")
+        raise typer.Exit()
+
+
 def load_or_fail(model: str, **kwargs):
     """``load_model`` with expected errors turned into clean messages; phases go to stderr."""
+    check_options_or_fail(tree=kwargs.get("tree"), quant=kwargs.get("quant"), dtype=kwargs.get("dtype"))
     from .catalog import CatalogError
     from .engine.heads_io import HeadsError
     from .engine.tree import TreeError
@@ -66,10 +87,14 @@ def main(
     quant: QuantOpt = None,
     dtype: DtypeOpt = None,
     theme: Annotated[str | None, typer.Option("--theme", help="Theme name for the app.")] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Open the chat app (the default when no command is given)."""
     if ctx.invoked_subcommand is not None:
         return
+    check_options_or_fail(tree=tree, quant=quant, dtype=dtype)
     from .tui.app import run_app
 
     run_app(model=model, quant=quant, theme=theme, dtype=dtype, heads=heads, tree=tree)
@@ -226,13 +251,35 @@ def bench(
 
 @app.command()
 def trees() -> None:
-    """List the tree presets with their size and depth."""
+    """List the tree presets with their size and depth, chain-N, and this machine's tuned tree."""
     from .engine.presets import PRESETS
     from .engine.tree import build_tree
 
     for name, choices in PRESETS.items():
         tree = build_tree(choices)
         typer.echo(f"{name:28s} {tree.size:3d} slots  depth {tree.depth}")
+    typer.echo(f"{'chain-N':28s} N+1 slots  depth N   (the top-1 chain, e.g. chain-4)")
+    typer.echo(f"{'tuned':28s} {tuned_summary(DEFAULT_MODEL)}")
+
+
+def tuned_summary(model: str) -> str:
+    """Whether a tree tuned on this machine exists for ``model`` (on the device and dtype it would use)."""
+    try:
+        import torch
+
+        from .engine.tree import build_tree
+        from .loading import cpu_has_bf16
+        from .tuning import tuned_tree
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = "fp16" if device == "cuda" else ("bf16" if cpu_has_bf16() else "fp32")  # what --dtype auto picks
+        choices = tuned_tree(model, device, dtype)
+        if choices is not None:
+            tree = build_tree(choices)
+            return f"{tree.size:3d} slots  depth {tree.depth}   (tuned for {model} on {device} {dtype})"
+    except Exception as exc:  # a listing never fails
+        return f"unknown ({exc})"
+    return f"none yet for {model} on this machine: run `medusa-chat tune --model {model}`"
 
 
 if __name__ == "__main__":
