@@ -172,9 +172,22 @@ class Store:
     def _configure(self) -> None:
         self.db.execute("PRAGMA busy_timeout = 10000")  # first: the other PRAGMAs may wait for a lock
         self.db.execute("PRAGMA foreign_keys = ON")
-        self.db.execute("PRAGMA journal_mode = WAL")
+        self._use_wal()
         self.db.execute("PRAGMA synchronous = FULL")
         self._migrate()
+
+    def _use_wal(self, patience: float = 10.0) -> None:
+        """Switch to WAL; retried, since SQLite answers "locked" at once (no busy wait) while another
+        process opening the same fresh database holds the lock the switch needs."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     @_guarded
     def _open_read_only(self) -> None:
