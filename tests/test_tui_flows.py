@@ -81,7 +81,7 @@ def test_send_stream_persist_and_reopen(tmp_path, tiny_model_dir):
         stats = answer.stats
         assert stats["medusa"] is True and stats["new_tokens"] > 0 and stats["tokens_per_s"] > 0
         assert stats["mean_accepted"] >= 1.0 and "speedup" in stats
-        gauge_text = str(app.chat_screen.query_one("#gauge-accepted").render())
+        gauge_text = app.chat_screen.query_one("#gauges").parts["accepted"]
         assert "mean" in gauge_text
         # a second turn uses the chat template over the whole conversation
         await send(pilot, "and again")
@@ -155,7 +155,7 @@ def test_toggle_medusa_while_typing_refreshes_baseline(tmp_path, tiny_model_dir)
         assert app.medusa is False
         assert app.chat_screen.query_one(PromptInput).text == "abc"
         assert "Medusa OFF" in str(app.sub_title)
-        assert "Medusa OFF" in str(app.chat_screen.query_one("#gauge-mode").render())
+        assert "Medusa OFF" in app.chat_screen.query_one("#gauges").parts["mode"]
         await pilot.press("enter")
         await wait_idle(pilot)
         [answer] = answers(app)

@@ -49,6 +49,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
         self.settings = settings
         self.themes = themes
         self.errors: dict[str, str] = {}
+        self.checked: dict[str, object] = {}  # the values the errors were found in
 
     def compose(self) -> ComposeResult:
         s = self.settings
@@ -114,6 +115,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
             new = parse_form(self.settings, self.form_values())
         except SettingsError as exc:
             self.errors = dict(exc.errors)
+            self.checked = self.form_values()
             for name, text in exc.errors.items():
                 self.query_one(f"#error-{name}", Static).update(f"✗ {text}")
                 for widget in self.query(f"#field-{name}"):
@@ -136,8 +138,10 @@ class SettingsScreen(ModalScreen[Settings | None]):
     def _clear_invalid(self, event: Input.Changed | Select.Changed | Switch.Changed | TextArea.Changed) -> None:
         """An edited field is no longer known to be invalid: its error and the stale count go."""
         widget = event.control
-        widget.remove_class("-invalid")
         name = (widget.id or "").removeprefix("field-")
+        if name not in self.errors or self.form_values().get(name) == self.checked.get(name):
+            return  # a change event for the value that was checked (it may arrive after the check)
+        widget.remove_class("-invalid")
         if name in self.errors:
             del self.errors[name]
             self.query_one(f"#error-{name}", Static).update("")
