@@ -65,6 +65,14 @@ class CatalogError(ValueError):
     """A catalogue entry that is malformed, or a ``--model`` value that names nothing."""
 
 
+_problems: dict[str, str] = {}  # user entry file -> why it was skipped (the last scan)
+
+
+def catalog_problems() -> list[str]:
+    """Why user catalogue files were skipped at the last scan (one line each), for a warning."""
+    return list(_problems.values())
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One model the app can run: where its weights come from and how to use them."""
@@ -114,6 +122,7 @@ def spec_from_dict(data: dict[str, Any], source: str) -> ModelSpec:
     if "name" not in data or not isinstance(data["name"], str):
         raise CatalogError(f"{source}: a catalogue entry needs a string 'name'")
     values = {k: v for k, v in data.items() if k in known}
+    _check_types(values, source)
     spec = ModelSpec(**values, source=source, extra={k: v for k, v in data.items() if k not in known})
     if spec.head_format not in HEAD_FORMATS:
         raise CatalogError(f"{source}: head_format {spec.head_format!r} is not one of {', '.join(HEAD_FORMATS)}")
@@ -127,6 +136,28 @@ def spec_from_dict(data: dict[str, Any], source: str) -> ModelSpec:
     if spec.head_format == "gguf-package" and not (spec.package and spec.file):
         raise CatalogError(f"{source}: gguf-package entries need 'package' and 'file'")
     return spec
+
+
+_INT_FIELDS = ("params", "download_size", "num_heads")
+
+
+def _check_types(values: dict[str, Any], source: str) -> None:
+    """Each known field has the type it needs: whole numbers >= 0 for sizes, text for the rest."""
+    for key, value in values.items():
+        if key in _INT_FIELDS:
+            if value is None and key == "num_heads":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CatalogError(f"{source}: {key} must be a whole number >= 0, not {value!r}")
+        elif not isinstance(value, str):
+            raise CatalogError(f"{source}: {key} must be text, not {value!r}")
+    if "revision" in values:
+        from .hub import HubError, check_revision
+
+        try:
+            check_revision(values["revision"])
+        except HubError as exc:
+            raise CatalogError(f"{source}: {exc}") from None
 
 
 def _read_toml(text: str, source: str) -> ModelSpec:
@@ -145,10 +176,26 @@ def builtin_specs() -> dict[str, ModelSpec]:
 
 
 def user_specs(directory: Path | None = None) -> dict[str, ModelSpec]:
-    """Entries the user added as TOML files in ``config_dir()/models/``."""
+    """Entries the user added as TOML files in ``config_dir()/models/``.
+
+    A file that cannot be read or is not a valid entry is skipped; :func:`catalog_problems` says why.
+    """
     directory = directory or user_models_dir()
-    specs = [_read_toml(p.read_text(), str(p)) for p in sorted(directory.glob("*.toml"))]
-    return {s.name: s for s in specs}
+    specs: dict[str, ModelSpec] = {}
+    _problems.clear()
+    try:
+        files = sorted(directory.glob("*.toml"))
+    except OSError:
+        files = []
+    for path in files:
+        try:
+            spec = _read_toml(path.read_text(encoding="utf-8"), str(path))
+        except (CatalogError, OSError, UnicodeDecodeError) as exc:
+            reason = str(exc) if isinstance(exc, CatalogError) else f"{path}: unreadable ({exc})"
+            _problems[str(path)] = f"skipped the catalogue entry {reason}"
+            continue
+        specs[spec.name] = spec
+    return specs
 
 
 def catalog() -> dict[str, ModelSpec]:
@@ -188,9 +235,12 @@ def _read_config(directory: Path) -> dict[str, Any]:
     if not config.is_file():
         return {}
     try:
-        return json.loads(config.read_text())
-    except json.JSONDecodeError as exc:
-        raise CatalogError(f"{config} is not valid JSON: {exc}") from exc
+        value = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # JSONDecodeError, UnicodeDecodeError, unreadable
+        raise CatalogError(f"{config} is not valid JSON ({exc}): fix or replace it") from exc
+    if not isinstance(value, dict):
+        raise CatalogError(f"{config} holds a JSON {type(value).__name__}, not an object: fix or replace it")
+    return value
 
 
 def _has_weights(directory: Path) -> bool:

@@ -60,7 +60,11 @@ def _rows() -> tuple[dict, list[dict]]:
 @models_app.command("list")
 def list_models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Catalogue entries: cached or not, sizes, memory per precision and whether it fits this machine."""
+    from .catalog import catalog_problems
+
     device, rows = _rows()
+    for problem in catalog_problems():
+        typer.secho(f"warning: {problem}", fg=typer.colors.YELLOW, err=True)
     if as_json:
         typer.echo(json.dumps({"device": device, "models": rows}, indent=2))
         return

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .catalog import ModelSpec, catalog, chat_template_for, resolve
+from .catalog import ModelSpec, catalog, catalog_problems, chat_template_for, resolve
 from .memory import OVERHEAD, cpu_memory, estimate_bytes
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -118,6 +118,8 @@ def load_model(
     if threads:
         torch.set_num_threads(threads)
     spec = resolve(model)
+    for problem in catalog_problems():
+        report(f"warning: {problem}")
     device = _choose_device(device)
     quant = quant or "none"
     dtype_name = _choose_dtype(dtype or "auto", device, quant)
@@ -129,8 +131,9 @@ def load_model(
     params = spec.params
     try:
         model_dir, heads_path = _locate(spec, heads, report)
+        _check_weight_files(model_dir, spec)
         if not params:
-            params = _stored_params([model_dir, *([heads_path] if heads_path else [])])
+            params = _stored_params([model_dir, *([heads_path] if heads_path else [])], spec)
             notes = _check_memory(spec, params, device, dtype_name, quant, available, can_quantise)
         loaded = _assemble(spec, model_dir, heads_path, device, dtype_name, quant, tree, report)
     except Exception as exc:
@@ -314,21 +317,43 @@ def _advice(
     return "choose a smaller model" + ("" if device == "cpu" else " or free GPU memory")
 
 
-def _stored_params(paths: list[Path]) -> int:
+def _stored_params(paths: list[Path], spec: ModelSpec | None = None) -> int:
     """Parameters in the weight files at ``paths`` (safetensors headers; other files assume 2 bytes each)."""
-    from safetensors import safe_open
-
     files: set[Path] = set()
     for path in paths:
         files |= {path} if path.is_file() else {*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.pt")}
     total = 0
-    for file in files:
+    for file in sorted(f for f in files if f.is_file()):
         if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt") as f:
+            with _open_safetensors(file, spec) as f:
                 total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
         else:
             total += file.stat().st_size // 2
     return total
+
+
+def _open_safetensors(file: Path, spec: ModelSpec | None = None):
+    """``safe_open`` of ``file`` (header checked against the file's length), or a LoadError naming it."""
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(file), framework="pt")
+    except Exception as exc:  # SafetensorError, OSError (a directory), ...
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise LoadError(f"{file} is empty, truncated or damaged ({reason}): {_damaged_advice(spec)}") from exc
+
+
+def _damaged_advice(spec: ModelSpec | None) -> str:
+    if spec is not None and spec.hub_repos:
+        return f"run `medusa-chat models remove {spec.name} --yes`, then `medusa-chat models download {spec.name}`"
+    return "replace it with a complete copy (download, convert or train it again)"
+
+
+def _check_weight_files(model_dir: Path, spec: ModelSpec) -> None:
+    """Every safetensors file of the base model has a sound header and its full length (cheap: headers only)."""
+    for file in sorted(model_dir.glob("*.safetensors")):
+        with _open_safetensors(file, spec):
+            pass
 
 
 # -- files -----------------------------------------------------------------------------------------
@@ -345,6 +370,11 @@ def _locate(spec: ModelSpec, heads: str | None, report) -> tuple[Path, Path | No
             model_dir, found = ensure_converted(progress=report), None
         except DefaultModelError as exc:
             raise LoadError(str(exc)) from exc
+        except OSError as exc:
+            raise LoadError(
+                f"cannot write the converted default model to the cache ({exc}): "
+                "set MEDUSA_CHAT_CACHE_DIR to a writable folder"
+            ) from exc
     else:
         try:
             files = local_files(spec)
@@ -371,12 +401,12 @@ def _not_downloaded(spec: ModelSpec) -> str:
 
 def _find_heads(path: Path, spec: ModelSpec) -> Path | None:
     """Where Medusa heads are at ``path``: a file, heads files in it or ``medusa/``, or keys in its shards."""
-    from .engine.heads_io import HEADS_PT, HEADS_SAFETENSORS
+    from .engine.heads_io import heads_file
 
     if path.is_file():
         return path
     for candidate in (path, path / "medusa"):
-        if any((candidate / f).is_file() for f in (HEADS_SAFETENSORS, HEADS_PT)):
+        if heads_file(candidate) is not None:
             return candidate
     if spec.head_format == "medusa2-full" or _shards_have_heads(path):
         return path
@@ -389,13 +419,14 @@ def _shards_have_heads(directory: Path) -> bool:
 
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (directory / index).is_file():
-            keys = json.loads((directory / index).read_text()).get("weight_map", {})
-            return any(k.startswith(_HEAD_KEY_PREFIXES) for k in keys)
+            try:
+                keys = json.loads((directory / index).read_text(encoding="utf-8")).get("weight_map", {})
+            except (ValueError, OSError, AttributeError) as exc:
+                raise LoadError(f"{directory / index} is not a valid weight index ({exc}): replace it") from exc
+            return any(isinstance(k, str) and k.startswith(_HEAD_KEY_PREFIXES) for k in keys)
     single = directory / "model.safetensors"
     if single.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(single), framework="pt") as f:
+        with _open_safetensors(single) as f:
             return any(k.startswith(_HEAD_KEY_PREFIXES) for k in f.keys())  # noqa: SIM118
     return False
 
@@ -414,7 +445,7 @@ def _assemble(
     report,
 ) -> LoadedModel:
     from .engine.generator import Generator
-    from .engine.heads_io import load_heads
+    from .engine.heads_io import heads_choice_note, load_heads
 
     report(f"loading {spec.label} ({_setting(dtype_name, quant)}) on {device}")
     base, tokenizer = _load_base(model_dir, device, dtype_name, quant)
@@ -422,6 +453,9 @@ def _assemble(
     medusa = None
     if heads_path is not None:
         report(f"loading Medusa heads from {heads_path}")
+        if note := heads_choice_note(heads_path):
+            report(note)
+            notes.append(note)
         config = base.config.get_text_config()
         lm_head = base.get_output_embeddings().weight
         medusa = load_heads(heads_path, config.hidden_size, config.vocab_size, lm_head=lm_head)
@@ -452,7 +486,10 @@ def _default_tree(spec: ModelSpec, device: str, dtype: str, num_heads: int, tree
     from .engine.presets import DEFAULT_CPU_TREE, DEFAULT_GPU_TREE, fit_to_heads, preset
     from .tuning import tuned_tree
 
-    tuned = tuned_tree(spec.name, device, dtype, num_heads=num_heads)
+    try:
+        tuned = tuned_tree(spec.name, device, dtype, num_heads=num_heads)
+    except OSError:  # the data directory cannot be created or read: no tuned tree
+        tuned = None
     if tree == "tuned":
         if tuned is None:
             raise LoadError(f"no tuned tree for {spec.name} on {device} ({dtype}) yet: run `medusa-chat tune`")
@@ -489,8 +526,11 @@ def _load_base(path: Path, device: str, dtype_name: str, quant: str):
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as exc:
-        raise LoadError(f"cannot read a model from {path}: {exc}") from exc
+    except Exception as exc:
+        if not isinstance(exc, OSError | ValueError) and type(exc).__name__ != "SafetensorError":
+            raise  # out of memory and the unexpected go to the caller
+        reason = " ".join(str(exc).split())[:300]
+        raise LoadError(f"cannot read a model from {path}: {reason}") from exc
     return model.eval(), tokenizer
 
 

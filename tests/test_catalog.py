@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -85,13 +86,20 @@ def test_user_entries_are_read_and_override_builtins():
         ('name = "x"\nrepo_id = "a/b"\nhead_format = "medusa1-heads"', "need base_repo_id"),
         ('name = "x"\nrepo_id = "a/b"\nchat_template = "alpaca"', "chat_template 'alpaca'"),
         ('name = "x"\nhead_format = "gguf-package"', "need 'package' and 'file'"),
+        ('name = "x"\nrepo_id = "a/b"\nparams = "big"', "params must be a whole number"),
+        ('name = "x"\nrepo_id = "a/b"\ndownload_size = -1', "download_size must be a whole number"),
+        ('name = "x"\nrepo_id = "a/b"\nrevision = "../../x"', "not a valid revision"),
+        ('name = "x"\nrepo_id = ["a/b"]', "repo_id must be text"),
     ],
 )
-def test_bad_user_entries_are_named_errors(text, message):
+def test_bad_user_entries_are_skipped_with_a_named_warning(text, message):
+    """One bad file is skipped (the rest of the catalogue still works) and the warning names it."""
     (paths.user_models_dir() / "bad.toml").write_text(text)
-    with pytest.raises(CatalogError, match=message) as info:
-        catalog.catalog()
-    assert "bad.toml" in str(info.value)
+    (paths.user_models_dir() / "good.toml").write_text('name = "good"\nrepo_id = "a/good"\n')
+    specs = catalog.catalog()
+    assert "good" in specs and "x" not in specs
+    [problem] = catalog.catalog_problems()
+    assert "bad.toml" in problem and re.search(message, problem) and "\n" not in problem
 
 
 def _write(path: Path, files: dict[str, str | bytes]) -> Path:

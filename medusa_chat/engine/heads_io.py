@@ -70,9 +70,49 @@ def read_heads_config(path: str | Path) -> dict:
     if not config.is_file():
         return {}
     try:
-        return json.loads(config.read_text())
-    except json.JSONDecodeError as exc:
-        raise HeadsError(f"{config} is not valid JSON: {exc}") from exc
+        value = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # JSONDecodeError, UnicodeDecodeError, unreadable
+        raise HeadsError(f"{config} is not valid JSON ({exc}): fix it or re-download the heads") from exc
+    if not isinstance(value, dict):
+        raise HeadsError(
+            f"{config} holds a JSON {type(value).__name__}, not an object: fix it or re-download the heads"
+        )
+    return value
+
+
+def config_bool(config: Mapping, key: str, where: str | Path, default: bool = False) -> bool:
+    """A boolean from a config: JSON true/false, 0/1 or the strings "true"/"false"; anything else is an error."""
+    value = config.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise HeadsError(f"{where}: {key} must be true or false, not {value!r}")
+
+
+def heads_file(directory: str | Path) -> Path | None:
+    """The heads file a directory holds (``.safetensors`` before ``.pt``), None when it holds neither.
+
+    A directory named like a heads file is an error, not a miss.
+    """
+    directory = Path(directory)
+    for name in (HEADS_SAFETENSORS, HEADS_PT):
+        candidate = directory / name
+        if candidate.is_file():
+            return candidate
+        if candidate.exists():
+            raise HeadsError(f"{candidate} is not a file: remove it or point --heads at the real heads file")
+    return None
+
+
+def heads_choice_note(directory: str | Path) -> str | None:
+    """A note when a directory holds both heads files (the ``.safetensors`` one is used)."""
+    directory = Path(directory)
+    if directory.is_dir() and all((directory / n).is_file() for n in (HEADS_SAFETENSORS, HEADS_PT)):
+        return f"{directory} holds both {HEADS_SAFETENSORS} and {HEADS_PT}: using {HEADS_SAFETENSORS}"
+    return None
 
 
 def load_heads_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -81,9 +121,8 @@ def load_heads_state(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise HeadsError(f"no Medusa heads at {path}: the path does not exist")
     if path.is_dir():
-        for name in (HEADS_SAFETENSORS, HEADS_PT):
-            if (path / name).is_file():
-                return load_heads_state(path / name)
+        if (found := heads_file(path)) is not None:
+            return load_heads_state(found)
         shards = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
         state = {}
         for shard in shards:
@@ -98,24 +137,47 @@ def load_heads_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _read_tensors(path: Path, want=lambda key: True) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise HeadsError(f"{path} is not a file: remove it or point --heads at the real heads file")
     if path.suffix == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as f:
                 return {k: f.get_tensor(k) for k in f.keys() if want(k)}  # noqa: SIM118
         except Exception as exc:  # safetensors raises its own error types
-            raise HeadsError(f"{path} is not a readable safetensors file ({exc}); re-download or re-train it") from exc
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise HeadsError(
+                f"{path} is not a readable safetensors file ({reason}): it is empty, truncated or damaged; "
+                "re-download or re-train it"
+            ) from exc
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        detail = _unpickler_detail(exc)
+        if "Unsupported" not in detail:
+            raise HeadsError(
+                f"{path} is not a readable PyTorch checkpoint ({detail or 'not a pickle'}): it is empty, truncated "
+                "or damaged; re-download or re-train it"
+            ) from exc
         raise HeadsError(
-            f"refused to load {path}: the pickle needs more than plain tensors ({exc}). "
+            f"refused to load {path}: the pickle needs more than plain tensors ({detail}). "
             "Only weights are accepted; nothing in the file was run."
         ) from exc
     except Exception as exc:
-        raise HeadsError(f"{path} is not a readable PyTorch checkpoint ({exc})") from exc
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise HeadsError(
+            f"{path} is not a readable PyTorch checkpoint ({reason}): it is empty, truncated or damaged; "
+            "re-download or re-train it"
+        ) from exc
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise HeadsError(f"{path} does not hold a state dict of tensors")
     return {k: v for k, v in state.items() if want(k)}
+
+
+def _unpickler_detail(exc: Exception) -> str:
+    """The one useful line of torch's long weights-only error (what the unpickler refused), shortened."""
+    lines = [line.strip() for line in str(exc).splitlines() if "WeightsUnpickler error:" in line]
+    detail = lines[-1].split("WeightsUnpickler error:", 1)[1].strip() if lines else " ".join(str(exc).split())
+    return detail.split(" was not an allowed global")[0][:200]
 
 
 def normalise_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -199,7 +261,8 @@ def heads_state(
     path: str | Path, lm_head: torch.Tensor | None = None, vocab_size: int | None = None
 ) -> dict[str, torch.Tensor]:
     """The heads' tensors in FasterDecoding layout, without a vLLM-style copy of the base lm_head."""
-    original = bool(read_heads_config(path).get("original_lm_head"))
+    directory = Path(path) if Path(path).is_dir() else Path(path).parent
+    original = config_bool(read_heads_config(path), "original_lm_head", directory / CONFIG)
     return _drop_original_lm_head(load_heads_state(path), original, lm_head, vocab_size)
 
 
