@@ -20,6 +20,7 @@ SIZE = (100, 32)
 def _deterministic(monkeypatch):
     monkeypatch.setenv("TEXTUAL_ANIMATIONS", "none")
     monkeypatch.setattr(models_screen, "machine_memory", lambda: 16 * 10**9)
+    monkeypatch.setattr(models_screen, "machine_has_cuda", lambda: True)
 
 
 def make_app(tmp_path, model=None, theme="medusa-dark", **kwargs) -> MedusaChatApp:
@@ -215,3 +216,51 @@ def test_narrow_terminal(snap_compare, tmp_path):
         await quiet(pilot)
 
     assert snap_compare(make_app(tmp_path), terminal_size=(80, 24), run_before=run_before)
+
+
+SMALL_SIZES = [(70, 25), (80, 24)]
+
+
+@pytest.mark.parametrize("size", SMALL_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_small_chat(snap_compare, tmp_path, size):
+    async def run_before(pilot):
+        await wait_loaded(pilot)
+        await send(pilot, "Explain Medusa")
+        await wait_idle(pilot)
+        await quiet(pilot)
+
+    assert snap_compare(make_app(tmp_path), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SMALL_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_small_picker(snap_compare, tmp_path, monkeypatch, size):
+    rows = [
+        models_screen.Row("smollm2-135m-instruct", "SmolLM2 135M Instruct", "packaged", 98_000_000, 134_515_008,
+                          None, "Runs offline on a CPU."),
+        models_screen.Row("medusa-vicuna-7b-v1.3", "Medusa Vicuna 7B v1.3", "not downloaded", 13_500_000_000,
+                          6_738_415_616, None),
+        models_screen.Row("medusa-vicuna-13b-v1.3", "Medusa Vicuna 13B v1.3", "cached", 26_000_000_000,
+                          13_015_864_320, None),
+    ]
+    monkeypatch.setattr(models_screen, "scan_catalog", lambda: rows)
+    monkeypatch.setattr(models_screen, "machine_has_cuda", lambda: False)
+
+    async def run_before(pilot):
+        await wait_loaded(pilot)
+        await pilot.press("ctrl+o")
+        await wait_until(pilot, lambda: pilot.app.screen.id == "models")
+        await wait_until(pilot, lambda: pilot.app.screen.query_one("#models-table").row_count == 3)
+        await quiet(pilot)
+
+    assert snap_compare(make_app(tmp_path), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SMALL_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_small_settings(snap_compare, tmp_path, size):
+    async def run_before(pilot):
+        await wait_loaded(pilot)
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: pilot.app.screen.id == "settings")
+        await quiet(pilot)
+
+    assert snap_compare(make_app(tmp_path), terminal_size=size, run_before=run_before)
