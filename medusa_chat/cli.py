@@ -51,6 +51,14 @@ def check_options_or_fail(*, tree: str | None = None, quant: str | None = None, 
         fail(problem)
 
 
+def check_text_or_fail(text: str | None, what: str) -> None:
+    """Refuse text holding bytes that are not UTF-8 (they reach Python as lone surrogates)."""
+    try:
+        (text or "").encode("utf-8")
+    except UnicodeEncodeError as exc:
+        fail(f"{what} is not valid UTF-8 text (at character {exc.start + 1}): pass it in UTF-8")
+
+
 def version_callback(value: bool) -> None:
     if value:
         from importlib.metadata import PackageNotFoundError, version
@@ -131,21 +139,26 @@ def generate(
     from .engine.events import GenerationStats
     from .engine.generator import ContextLengthError, GenerationConfig
 
+    check_text_or_fail(prompt, "the prompt")
+    check_text_or_fail(system, "--system")
+    try:
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            medusa=not no_medusa,
+            seed=seed,
+            acceptance=acceptance,
+            prompt_lookup=lookup,
+            auto_fallback=auto_fallback,
+        )
+    except ValueError as exc:
+        fail(str(exc))
     loaded = load_or_fail(
         model, heads=heads, tree=tree, dtype=dtype, quant=quant, device=device, threads=threads
     )
+    config.stop_strings = loaded.stop_strings
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        medusa=not no_medusa,
-        stop_strings=loaded.stop_strings,
-        seed=seed,
-        acceptance=acceptance,
-        prompt_lookup=lookup,
-        auto_fallback=auto_fallback,
-    )
     if config.medusa and not loaded.generator.has_heads:
         typer.echo(f"note: {loaded.name} has no Medusa heads; decoding plainly", err=True)
     try:

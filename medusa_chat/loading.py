@@ -115,6 +115,8 @@ def load_model(
 
     report = progress or (lambda _msg: None)
     started = time.perf_counter()
+    if threads is not None and threads < 0:
+        raise LoadError(f"--threads must be a positive number of CPU threads, not {threads}")
     if threads:
         torch.set_num_threads(threads)
     spec = resolve(model)

@@ -153,3 +153,75 @@ def test_generate_runs_when_the_config_and_data_directories_cannot_be_created(ti
     result = _generate(tiny_model_dir)
     assert result.exit_code == 0, result.output
     assert invoke("models", "list").exit_code == 0
+
+
+# -- 12. unbounded inputs ----------------------------------------------------------------------------
+
+
+def test_huge_trees_are_refused_quickly():
+    import time
+
+    from medusa_chat.engine.presets import preset
+    from medusa_chat.engine.tree import MAX_NODES, TreeError, build_tree, chain
+
+    started = time.perf_counter()
+    with pytest.raises(TreeError, match=f"100000 nodes but at most {MAX_NODES}"):
+        preset("chain-100000")
+    assert time.perf_counter() - started < 1.0
+    wide = [[r] for r in range(10)] + [[a, b] for a in range(10) for b in range(10)]
+    wide += [[a, b, c] for a in range(10) for b in range(10) for c in range(2)]  # 310 nodes
+    with pytest.raises(TreeError, match="310 nodes"):
+        build_tree(wide)
+    assert build_tree(chain(MAX_NODES)).size == MAX_NODES + 1  # the cap itself is allowed
+
+
+def test_a_tuned_tree_of_thousands_of_nodes_is_ignored_with_a_warning(tiny_model_dir):
+    from medusa_chat.tuning import tree_path, tuned_tree
+
+    paths = [[a, b, c] for a in range(10) for b in range(10) for c in range(10)]
+    paths += [[a, b] for a in range(10) for b in range(10)] + [[a] for a in range(10)]
+    tree_path("tiny", "cpu", "fp32").write_text(json.dumps({"choices": paths}))
+    with pytest.warns(UserWarning, match="1110 nodes"):
+        assert tuned_tree("tiny", "cpu", "fp32") is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--tree", "chain-100000"), "at most 256 are allowed"),
+        (("--lookup", 100000), "prompt_lookup (--lookup) must be between 0 (off) and 64"),
+        (("--temperature", 1, "--top-p", 0), "top_p must be in (0, 1]"),
+        (("--threads", -3), "--threads must be a positive number"),
+    ],
+)
+def test_out_of_range_options_are_one_line_errors(tiny_model_dir, args, message):
+    one_line_error(_generate(tiny_model_dir, *args), message)
+
+
+def test_generation_config_refuses_bad_values():
+    from medusa_chat.engine.config import GenerationConfig
+
+    for bad in ({"prompt_lookup": 65}, {"top_p": 0.0}, {"temperature": float("nan")}, {"max_new_tokens": 0},
+                {"acceptance": "fast"}, {"posterior_alpha": 2}):  # fmt: skip
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            GenerationConfig(**bad)
+    assert GenerationConfig(prompt_lookup=64, top_p=1e-6).prompt_lookup == 64
+
+
+# -- 13. invalid text ------------------------------------------------------------------------------
+
+
+def test_a_system_prompt_that_is_not_utf8_is_a_one_line_error(tiny_model_dir):
+    one_line_error(invoke("generate", "hi", "--model", tiny_model_dir, "--system", "caf\udce9"), "--system", "UTF-8")
+
+
+def test_a_prompt_that_is_not_utf8_is_a_one_line_error(tiny_model_dir):
+    import subprocess
+    import sys
+
+    command = [sys.executable.encode(), b"-m", b"medusa_chat.cli", b"generate", b"hi \xff\xfe there", b"--model",
+               str(tiny_model_dir).encode(), b"--max-new-tokens", b"2"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    stderr = done.stderr.decode(errors="replace")
+    assert done.returncode == 1 and "Traceback" not in stderr
+    assert "error: the prompt is not valid UTF-8 text (at character 4)" in stderr

@@ -8,7 +8,7 @@ the user's own machine.
 
 from __future__ import annotations
 
-from .tree import TreeError, chain
+from .tree import TreeError, chain, check_size
 
 REFERENCE_TREES: dict[str, list[list[int]]] = {
     "mc_sim_7b_63": [
@@ -110,6 +110,7 @@ DEFAULT_GPU_TREE = "mc_sim_7b_63"
 def preset(name: str) -> list[list[int]]:
     """The choices of a named preset; ``chain-N`` is the top-1 chain of depth N."""
     if name.startswith("chain-") and name[6:].isdigit():
+        check_size(int(name[6:]))  # before building it: chain-100000 would hold 5e9 ranks
         return chain(int(name[6:]))
     try:
         return PRESETS[name]

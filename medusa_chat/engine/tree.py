@@ -16,6 +16,10 @@ import torch
 TOPK = 10
 """Proposals kept per head (the reference implementation's constant)."""
 
+MAX_NODES = 256
+"""Most tree paths (slots besides the root) a tree may have: 4x the reference trees. A verification pass
+costs about the tree's size in tokens and its buffers grow with its square, so bigger trees only slow down."""
+
 
 class TreeError(ValueError):
     """A malformed list of tree choices."""
@@ -115,7 +119,8 @@ def _validate(
     choices: Sequence[Sequence[int]], num_heads: int | None, topk: int
 ) -> list[tuple[int, ...]]:
     if isinstance(choices, str | bytes) or not isinstance(choices, Sequence):
-        raise TreeError(f"tree choices must be a list of rank paths like [[0], [0, 0]], got {choices!r}")
+        raise TreeError(f"tree choices must be a list of rank paths like [[0], [0, 0]], got {choices!r:.100}")
+    check_size(len(choices))
     paths: list[tuple[int, ...]] = []
     for raw in choices:
         if isinstance(raw, str | bytes) or not isinstance(raw, Sequence) or not raw:
@@ -143,6 +148,15 @@ def _validate(
                 f"{num_heads} Medusa head(s); use a tree of depth <= {num_heads}"
             )
     return sorted(paths, key=lambda p: (len(p), p))
+
+
+def check_size(nodes: int) -> None:
+    """Refuse a tree of more than :data:`MAX_NODES` nodes (besides the root)."""
+    if nodes > MAX_NODES:
+        raise TreeError(
+            f"the tree has {nodes} nodes but at most {MAX_NODES} are allowed (the reference trees have 63); "
+            "choose a smaller tree"
+        )
 
 
 def chain(depth: int) -> list[list[int]]:
