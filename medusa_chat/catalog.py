@@ -116,6 +116,11 @@ class ModelSpec:
         return Path(str(resources.files("medusa_chat.models").joinpath(self.heads)))
 
 
+def is_repo_id(value: object) -> bool:
+    """Whether ``value`` looks like a Hub repo id ``owner/name`` (no ``..``: it becomes a cache folder name)."""
+    return isinstance(value, str) and bool(_REPO_ID.match(value)) and ".." not in value
+
+
 def spec_from_dict(data: dict[str, Any], source: str) -> ModelSpec:
     """A spec from one TOML table, checked; unknown keys are kept in ``extra``."""
     known = {f.name for f in fields(ModelSpec)} - {"local_path", "source", "extra"}
@@ -133,6 +138,11 @@ def spec_from_dict(data: dict[str, Any], source: str) -> ModelSpec:
         raise CatalogError(f"{source}: head_format {spec.head_format!r} needs a repo_id")
     if spec.head_format == "medusa1-heads" and not spec.base_repo_id:
         raise CatalogError(f"{source}: heads-only entries need base_repo_id (the base model)")
+    hub_ids = [spec.repo_id] if spec.head_format in ("medusa2-full", "auto") else []
+    hub_ids += [spec.repo_id, spec.base_repo_id] if spec.head_format == "medusa1-heads" else []
+    for repo in hub_ids:
+        if not is_repo_id(repo):
+            raise CatalogError(f"{source}: {repo!r} is not a Hub repo id (owner/name)")
     if spec.head_format == "gguf-package" and not (spec.package and spec.file):
         raise CatalogError(f"{source}: gguf-package entries need 'package' and 'file'")
     return spec
@@ -222,7 +232,9 @@ def resolve(name_or_path: str) -> ModelSpec:
     if path.exists():
         raise CatalogError(f"{path} is a file: point --model at the directory holding the model")
     repo, _, revision = name_or_path.partition("@")
-    if _REPO_ID.match(repo):
+    if is_repo_id(repo):
+        if revision:
+            _check_types({"revision": revision}, name_or_path)
         return ModelSpec(name=name_or_path, display_name=repo, repo_id=repo, revision=revision or "main", source="hub")
     raise CatalogError(
         f"{name_or_path!r} is not a catalogue model, a local directory or a Hub repo id (owner/name); "

@@ -90,6 +90,8 @@ def test_user_entries_are_read_and_override_builtins():
         ('name = "x"\nrepo_id = "a/b"\ndownload_size = -1', "download_size must be a whole number"),
         ('name = "x"\nrepo_id = "a/b"\nrevision = "../../x"', "not a valid revision"),
         ('name = "x"\nrepo_id = ["a/b"]', "repo_id must be text"),
+        ('name = "x"\nrepo_id = "a/.."', "not a Hub repo id"),
+        ('name = "x"\nrepo_id = "a/b"\nhead_format = "medusa1-heads"\nbase_repo_id = "../base"', "not a Hub repo id"),
     ],
 )
 def test_bad_user_entries_are_skipped_with_a_named_warning(text, message):

@@ -173,3 +173,16 @@ def test_cli_reports_a_cut_connection_without_a_traceback(server, monkeypatch):
     result = CliRunner().invoke(app, ["models", "download", "test/plain"])
     assert result.exit_code == 1 and "cut the connection" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", ["owner/x@../../escaped", "a/..", "owner/x@refs/../../y"])
+def test_cli_refuses_unsafe_repo_ids_and_revisions_in_one_line(server, name):
+    from typer.testing import CliRunner
+
+    from medusa_chat.cli import app
+
+    for command in (["models", "info", name], ["models", "download", name], ["models", "remove", name, "--yes"]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (command, result.output)
+        assert result.output.startswith("error:") and len(result.output.strip().splitlines()) == 1
+    assert not server.requests
