@@ -96,6 +96,10 @@ class SettingsScreen(ModalScreen[Settings | None]):
                 yield Button("Cancel", id="cancel")
         yield Footer()
 
+    def on_mount(self) -> None:
+        # Focus before the first paint, so keys typed as soon as the form shows land in its first field.
+        self.query_one("#field-temperature", Input).focus()
+
     def form_values(self) -> dict[str, object]:
         values: dict[str, object] = {
             name: self.query_one(f"#field-{name}", Input).value for name, _, _ in NUMBER_FIELDS
