@@ -73,6 +73,12 @@ def export_heads(
     out = check_out_dir(out_dir, force)
     state = heads_state(heads_path)
     heads = heads_from_state(state)  # checks the layout, infers K, L and H
+    if heads.root_conditioned:
+        raise ExportError(
+            f"the heads in {heads_path} are root-conditioned (medusa-chat's own kind): vLLM and TGI take only "
+            "Medusa-1 heads; train Medusa-1 heads (medusa-chat train --head-kind medusa-1) to export"
+        )
+    state = {k: v for k, v in state.items() if k != "draft_vocab"}  # the formats score the whole vocabulary
     k, layers, hidden = heads.num_heads, heads.num_layers, heads.hidden_size
     config = read_heads_config(heads_path)
     base_name = str(base) if base else config.get("base_model_name_or_path", "")

@@ -5,6 +5,16 @@ The module layout mirrors the FasterDecoding state dict, so checkpoints load wit
 vocab projection. With ``shared_projection`` the heads have no projection of their own and reuse
 the base model's ``lm_head`` (one batched matmul over the K heads: much cheaper on a CPU).
 Head i reads the base model's last hidden state at position t and predicts token t+2+i.
+
+Two additions, both optional and stored with the heads:
+
+- **root-conditioned heads** (``root_conditioned``): at draft time the token at t+1 (the tree's
+  root, the base model's own next token) is known exactly. These heads first mix its embedding
+  into the hidden state, ``x = h + SiLU(W [h; e(root)] + b)`` (W starts at zero: a new fuse is
+  Medusa-1), then run their blocks. Not a FasterDecoding format: ``export`` refuses them.
+- **a draft vocabulary** (``draft_vocab``): the heads score only a shortlist of token ids (the
+  tokens the model actually writes), projecting onto those rows of the base ``lm_head``: a few
+  times less work per step on a CPU. Tokens outside it are never proposed.
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ class MedusaHeads(nn.ModuleList):
         num_heads: int,
         num_layers: int = 1,
         shared_projection: bool = True,
+        root_conditioned: bool = False,
+        draft_vocab: torch.Tensor | None = None,
     ) -> None:
         heads = []
         for _ in range(num_heads):
@@ -47,17 +59,48 @@ class MedusaHeads(nn.ModuleList):
         self.vocab_size = vocab_size
         self.num_layers = num_layers
         self.shared_projection = shared_projection
+        self.root_conditioned = root_conditioned
+        if root_conditioned:  # parameters, not submodules: iterating the list yields only the heads
+            self.root_weight = nn.Parameter(torch.zeros(hidden_size, 2 * hidden_size))
+            self.root_bias = nn.Parameter(torch.zeros(hidden_size))
+        if draft_vocab is not None and not shared_projection:
+            raise ValueError("a draft vocabulary needs heads that share the base lm_head")
+        self.register_buffer("draft_vocab", None if draft_vocab is None else draft_vocab.long())
+        self.draft_projection: torch.Tensor | None = None  # rows of the base lm_head, see use_base_projection
 
     @property
     def num_heads(self) -> int:
         return len(self)
 
-    def hidden(self, x: torch.Tensor, count: int | None = None) -> torch.Tensor:
-        """The first ``count`` heads' residual blocks applied to ``x`` [..., H] -> [count, ..., H]."""
+    @property
+    def kind(self) -> str:
+        return "root-conditioned" if self.root_conditioned else "medusa-1"
+
+    def hidden(self, x: torch.Tensor, count: int | None = None, root: torch.Tensor | None = None) -> torch.Tensor:
+        """The first ``count`` heads' blocks applied to ``x`` [..., H] -> [count, ..., H].
+
+        ``root`` [..., H] is the embedding of the token after ``x``'s position (root-conditioned heads).
+        """
+        x = self._fuse_root(x, root)
         return torch.stack([head[: self.num_layers](x) for head in list(self)[:count]])
 
-    def forward(self, x: torch.Tensor, lm_head: nn.Module | None = None, count: int | None = None) -> torch.Tensor:
-        """Logits of the first ``count`` heads (all by default) for hidden states ``x`` [..., H] -> [count, ..., V].
+    def _fuse_root(self, x: torch.Tensor, root: torch.Tensor | None) -> torch.Tensor:
+        """``x + SiLU(W [x; root] + b)`` for root-conditioned heads; ``x`` itself for Medusa-1 heads."""
+        if not self.root_conditioned:
+            return x
+        if root is None:
+            raise ValueError("root-conditioned heads need the embedding of the root token")
+        mixed = nn.functional.linear(torch.cat([x, root.to(x.dtype)], -1), self.root_weight, self.root_bias)
+        return x + nn.functional.silu(mixed)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        lm_head: nn.Module | None = None,
+        count: int | None = None,
+        root: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Full-vocabulary logits of the first ``count`` heads for ``x`` [..., H] -> [count, ..., V].
 
         ``lm_head`` is the base model's output projection, required when the projection is shared
         (then all heads go through it in one batched matmul).
@@ -65,8 +108,34 @@ class MedusaHeads(nn.ModuleList):
         if self.shared_projection:
             if lm_head is None:
                 raise ValueError("these Medusa heads share the base lm_head: pass it as lm_head")
-            return lm_head(self.hidden(x, count))
+            return lm_head(self.hidden(x, count, root))
+        x = self._fuse_root(x, root)
         return torch.stack([head(x) for head in list(self)[:count]])
+
+    def use_base_projection(self, rows: torch.Tensor) -> None:
+        """Give draft-vocabulary heads their projection: ``rows`` = the base lm_head's rows of ``draft_vocab``."""
+        self.draft_projection = rows
+
+    def draft_logits(
+        self, x: torch.Tensor, lm_head: nn.Module | None, count: int | None = None, root: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits over the heads' vocabulary (the draft vocabulary when there is one) [count, ..., V']."""
+        if self.draft_vocab is None:
+            return self(x, lm_head, count, root)
+        if self.draft_projection is None:
+            raise ValueError("draft-vocabulary heads need use_base_projection() before use")
+        h = self.hidden(x, count, root)
+        return h.to(self.draft_projection.dtype) @ self.draft_projection.T
+
+    def token_ids(self, columns: torch.Tensor) -> torch.Tensor:
+        """Token ids of columns of :meth:`draft_logits`."""
+        return columns if self.draft_vocab is None else self.draft_vocab[columns]
+
+    def propose(
+        self, x: torch.Tensor, lm_head: nn.Module | None, count: int, k: int, root: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Each of the first ``count`` heads' top-``k`` token ids for one hidden state ``x`` [H] -> [count, k]."""
+        return self.token_ids(self.draft_logits(x, lm_head, count, root).topk(k, dim=-1).indices)
 
     def init_projections_from(self, lm_head: nn.Module) -> None:
         """Copy the base ``lm_head`` into every per-head projection (the Medusa-1 initialisation)."""

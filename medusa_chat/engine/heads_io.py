@@ -34,6 +34,7 @@ HEADS_SAFETENSORS = "medusa_lm_head.safetensors"
 HEADS_PT = "medusa_lm_head.pt"
 CONFIG = "config.json"
 
+EXTRA_KEYS = ("root_weight", "root_bias", "draft_vocab")  # root-conditioned heads, draft vocabulary
 _BLOCK = re.compile(r"^(\d+)\.(\d+)\.linear\.(weight|bias)$")
 _PROJ = re.compile(r"^(\d+)\.(\d+)\.weight$")
 
@@ -57,6 +58,8 @@ def save_heads(heads: MedusaHeads, directory: str | Path, base_model: str, extra
         "hidden_size": heads.hidden_size,
         "vocab_size": heads.vocab_size,
         "shared_projection": heads.shared_projection,
+        "head_kind": heads.kind,
+        "draft_vocab_size": None if heads.draft_vocab is None else len(heads.draft_vocab),
         **(extra or {}),
     }
     (directory / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
@@ -207,7 +210,12 @@ def heads_from_state(
     """
     blocks: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
     projections: dict[int, tuple[int, torch.Tensor]] = {}
+    extras = {k: state[k] for k in EXTRA_KEYS if k in state}
+    if ("root_weight" in extras) != ("root_bias" in extras):
+        raise HeadsError("root-conditioned heads need both root_weight and root_bias")
     for key, tensor in state.items():
+        if key in extras:
+            continue
         if m := _BLOCK.match(key):
             blocks.setdefault((int(m[1]), int(m[2])), {})[m[3]] = tensor
         elif m := _PROJ.match(key):
@@ -233,13 +241,20 @@ def heads_from_state(
     v = projections[0][1].shape[0] if projections else (vocab_size or 0)
     if vocab_size is not None and projections and v != vocab_size:
         raise HeadsError(f"Medusa heads project onto {v} tokens but the base model's vocabulary has {vocab_size}")
-    heads = MedusaHeads(h, v, num_heads, num_layers, shared_projection=not projections)
+    draft = extras.get("draft_vocab")
+    if draft is not None:
+        if projections:
+            raise HeadsError("a draft vocabulary needs heads that share the base lm_head, but these have their own")
+        if draft.dim() != 1 or draft.dtype.is_floating_point or (vocab_size and int(draft.max()) >= vocab_size):
+            raise HeadsError("the heads' draft_vocab is not a list of token ids of the base model's vocabulary")
+    heads = MedusaHeads(h, v, num_heads, num_layers, shared_projection=not projections,
+                        root_conditioned="root_weight" in extras, draft_vocab=draft)
     expected = heads.state_dict()
     for key, tensor in state.items():
         if tensor.shape != expected[key].shape:
             want = tuple(expected[key].shape)
             raise HeadsError(f"Medusa heads tensor {key} has shape {tuple(tensor.shape)}, expected {want}")
-    heads.load_state_dict({k: v.float() for k, v in state.items()})
+    heads.load_state_dict({k: v if k == "draft_vocab" else v.float() for k, v in state.items()})
     return heads
 
 

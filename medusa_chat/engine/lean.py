@@ -1,0 +1,279 @@
+"""A lean decoder for the Llama family on CPUs, in the style of gpt-fast.
+
+Plain tensors and functions instead of transformers' modules: fused q/k/v and gate/up weights,
+RoPE from a precomputed table, a preallocated KV cache that grows in chunks, SDPA with
+grouped-query attention (no repeated K/V), and weights that are dense (fp32/bf16) or int4
+weight-only (:mod:`.quant`). One forward takes a batch of rows, each with its own positions, and
+an optional attention mask over the cache, so the same code runs prefill, one-token steps, Medusa
+tree steps (tree mask + depth positions) and batched greedy decoding with left padding.
+
+Greedy decoding computes one-token steps and tree rows the same way (row-wise norms, the same
+matmul kernels, the same attention over the cache), so Medusa on this decoder is lossless on its
+own terms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .quant import Linear
+
+CACHE_CHUNK = 256  # cache positions added at a time
+SUPPORTED = ("llama", "mistral")
+
+
+class UnsupportedModel(ValueError):
+    """The lean decoder cannot take this model (architecture or option): use transformers."""
+
+
+@dataclass(frozen=True)
+class LlamaSpec:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rope_theta: float
+    rms_eps: float
+    max_positions: int
+
+    @classmethod
+    def from_config(cls, config) -> LlamaSpec:
+        """From a transformers config; raises :class:`UnsupportedModel` for what this decoder lacks."""
+        model_type = getattr(config, "model_type", None)
+        if model_type not in SUPPORTED:
+            raise UnsupportedModel(f"the lean decoder takes {', '.join(SUPPORTED)} models, not {model_type!r}")
+        rope = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+        if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+            raise UnsupportedModel(f"the lean decoder has no {rope.get('rope_type')!r} RoPE scaling")
+        if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+            raise UnsupportedModel("the lean decoder has no attention or MLP biases")
+        if getattr(config, "hidden_act", "silu") != "silu":
+            raise UnsupportedModel(f"the lean decoder has no {config.hidden_act!r} activation")
+        heads = config.num_attention_heads
+        theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+        return cls(
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_hidden_layers,
+            num_heads=heads,
+            num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            intermediate_size=config.intermediate_size,
+            rope_theta=float(theta),
+            rms_eps=float(config.rms_norm_eps),
+            max_positions=int(config.max_position_embeddings),
+        )
+
+
+@dataclass
+class Layer:
+    attn_norm: torch.Tensor  # [H]
+    wqkv: Linear  # H -> (heads + 2 kv_heads) * D
+    wo: Linear  # heads * D -> H
+    mlp_norm: torch.Tensor  # [H]
+    w13: Linear  # H -> 2 I (gate, up)
+    w2: Linear  # I -> H
+
+
+class KVCache:
+    """Keys and values of every layer, [layers, B, kv_heads, capacity, D], the first ``length`` positions valid."""
+
+    def __init__(self, spec: LlamaSpec, batch: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.shape = (spec.num_layers, batch, spec.num_kv_heads, 0, spec.head_dim)
+        self.k = torch.empty(self.shape, dtype=dtype, device=device)
+        self.v = torch.empty_like(self.k)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+    def reserve(self, length: int) -> None:
+        """Make room for ``length`` positions (grows in chunks of :data:`CACHE_CHUNK`)."""
+        if length <= self.capacity:
+            return
+        capacity = -(-length // CACHE_CHUNK) * CACHE_CHUNK
+        k = self.k.new_empty((*self.k.shape[:3], capacity, self.k.shape[4]))
+        v = torch.empty_like(k)
+        k[:, :, :, : self.length] = self.k[:, :, :, : self.length]
+        v[:, :, :, : self.length] = self.v[:, :, :, : self.length]
+        self.k, self.v = k, v
+
+    def keep_path(self, start: int, slots: torch.Tensor) -> None:
+        """After a tree step wrote T entries at ``start``, keep ``slots`` (ascending) at ``start, start+1, ...``."""
+        kept = len(slots)
+        if not torch.equal(slots, torch.arange(kept, device=slots.device)):
+            src = slots + start
+            self.k[:, :, :, start : start + kept] = self.k[:, :, :, src]
+            self.v[:, :, :, start : start + kept] = self.v[:, :, :, src]
+        self.length = start + kept
+
+    def truncate(self, length: int) -> None:
+        self.length = min(self.length, length)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch ``rows`` (finished rows leave a batched decode)."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+
+
+class LeanLlama:
+    """Llama/Mistral weights plus a KV cache, behind :class:`~.decoder.Decoder`."""
+
+    engine = "lean"
+
+    def __init__(
+        self,
+        spec: LlamaSpec,
+        embed: torch.Tensor,
+        layers: list[Layer],
+        norm: torch.Tensor,
+        lm_head: Linear,
+        dtype: torch.dtype,
+    ) -> None:
+        self.spec = spec
+        self.embed_weight = embed  # [V, H]
+        self.layers = layers
+        self.norm = norm
+        self.lm_head = lm_head
+        self.dtype = dtype
+        self.device = embed.device
+        inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, spec.head_dim, 2, dtype=torch.int64).float() / spec.head_dim))
+        self._inv_freq = inv_freq.to(self.device)
+        self._rope_len = 0
+        self._cos = self._sin = torch.empty(0)
+        self.cache = KVCache(spec, 1, dtype, self.device)
+
+    # -- cache -----------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return self.spec.vocab_size
+
+    @property
+    def cache_length(self) -> int:
+        return self.cache.length
+
+    def new_cache(self, batch: int = 1) -> None:
+        self.cache = KVCache(self.spec, batch, self.dtype, self.device)
+
+    def keep_path(self, start: int, slots: torch.Tensor) -> None:
+        self.cache.keep_path(start, slots)
+
+    def truncate(self, length: int) -> None:
+        self.cache.truncate(length)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self.cache.select_rows(rows)
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [B, 1, q, D] for ``positions`` [B, q] (table grown on demand, as transformers computes it)."""
+        needed = int(positions.max()) + 1
+        if needed > self._rope_len:
+            length = -(-needed // CACHE_CHUNK) * CACHE_CHUNK
+            freqs = torch.arange(length, device=self.device).float()[:, None] * self._inv_freq[None, :]
+            emb = torch.cat([freqs, freqs], dim=-1)  # [P, D]
+            self._cos, self._sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+            self._rope_len = length
+        return self._cos[positions][:, None], self._sin[positions][:, None]
+
+    # -- forward ---------------------------------------------------------------------------
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.embed_weight)
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Run ``ids`` [B, q] at ``positions`` [B, q] over the cache; they are appended to it.
+
+        ``mask`` [B, 1, q, L + q] (bool: may attend, or additive float) over the cache plus the new
+        tokens; ``None`` means causal over the new tokens with the whole cache visible.
+        Returns final-norm hidden states [B, q, H].
+        """
+        s = self.spec
+        batch, q = ids.shape
+        start = self.cache.length
+        end = start + q
+        self.cache.reserve(end)
+        if mask is None and q > 1:
+            mask = torch.ones(q, end, dtype=torch.bool, device=self.device).tril(start)[None, None]
+        elif mask is not None and mask.dtype != torch.bool:
+            mask = mask.to(self.dtype)
+        cos, sin = self._rope(positions)
+        x = self.embed(ids)  # [B, q, H]
+        heads_dim = s.num_heads * s.head_dim
+        kv_dim = s.num_kv_heads * s.head_dim
+        for i, layer in enumerate(self.layers):
+            h = _rms_norm(x, layer.attn_norm, s.rms_eps)
+            qkv = layer.wqkv(h)  # [B, q, (heads + 2 kv) D]
+            xq, xk, xv = qkv.split([heads_dim, kv_dim, kv_dim], dim=-1)
+            xq = xq.view(batch, q, s.num_heads, s.head_dim).transpose(1, 2)  # [B, heads, q, D]
+            xk = xk.view(batch, q, s.num_kv_heads, s.head_dim).transpose(1, 2)  # [B, kv, q, D]
+            xv = xv.view(batch, q, s.num_kv_heads, s.head_dim).transpose(1, 2)
+            xq, xk = _apply_rope(xq, cos, sin), _apply_rope(xk, cos, sin)
+            self.cache.k[i, :, :, start:end] = xk
+            self.cache.v[i, :, :, start:end] = xv
+            keys, values = self.cache.k[i, :, :, :end], self.cache.v[i, :, :, :end]  # [B, kv, L + q, D]
+            attn = F.scaled_dot_product_attention(
+                xq, keys, values, attn_mask=mask, enable_gqa=s.num_kv_heads != s.num_heads
+            )  # [B, heads, q, D]
+            x = x + layer.wo(attn.transpose(1, 2).reshape(batch, q, heads_dim))
+            h = _rms_norm(x, layer.mlp_norm, s.rms_eps)
+            gate, up = layer.w13(h).chunk(2, dim=-1)
+            x = x + layer.w2(F.silu(gate) * up)
+        self.cache.length = end
+        return _rms_norm(x, self.norm, s.rms_eps)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm: normalise in fp32, cast back, then scale."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def from_state_dict(config, state: dict[str, torch.Tensor], dtype: torch.dtype, quant: str | None = None) -> LeanLlama:
+    """A lean decoder from a transformers Llama/Mistral state dict (``model.layers.N...`` names).
+
+    ``quant``: ``None`` keeps the weights dense in ``dtype``; ``"int4"`` quantises every linear layer
+    (groups of 32; activations stay in ``dtype``).
+    """
+    from .quant import make_linear
+
+    spec = LlamaSpec.from_config(config)
+
+    def w(name: str) -> torch.Tensor:
+        return state[name].detach()
+
+    def linear(*names: str) -> Linear:
+        return make_linear(torch.cat([w(n) for n in names]), dtype, quant)
+
+    layers = []
+    for i in range(spec.num_layers):
+        p = f"model.layers.{i}."
+        layers.append(
+            Layer(
+                attn_norm=w(p + "input_layernorm.weight").to(dtype),
+                wqkv=linear(p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"),
+                wo=linear(p + "self_attn.o_proj.weight"),
+                mlp_norm=w(p + "post_attention_layernorm.weight").to(dtype),
+                w13=linear(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
+                w2=linear(p + "mlp.down_proj.weight"),
+            )
+        )
+    embed = w("model.embed_tokens.weight")
+    head = state.get("lm_head.weight", embed)
+    return LeanLlama(spec, embed.to(dtype), layers, w("model.norm.weight").to(dtype), make_linear(head, dtype, quant), dtype)

@@ -1,0 +1,79 @@
+"""Linear layers for the lean decoder: dense, or int4 weight-only in groups of 32 (torch's CPU kernel).
+
+The int4 kernel computes ``w = (q - 8) * scale + zero`` per group of :data:`GROUP` input weights,
+with ``q`` in 0..15. GGUF's Q4_1 blocks (``w = d * q + m``) map onto it exactly with ``scale = d``
+and ``zero = m + 8 d``; Q4_0 (``w = d * (q - 8)``) with ``zero = 0``. Dense weights are quantised
+the same way (min/max per group).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+GROUP = 32
+INNER_K_TILES = 2
+
+
+class Linear(Protocol):
+    out_features: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class Dense:
+    """``x @ W.T`` with W [N, K]."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight.contiguous()
+        self.out_features = weight.shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+class Int4:
+    """Weight-only int4 (groups of :data:`GROUP`): ``packed`` from ``q`` [N, K], ``scales_zeros`` [K/G, N, 2]."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, dtype: torch.dtype) -> None:
+        """``q`` [N, K] ints in 0..15; ``scale`` and ``zero`` [N, K/G]; ``dtype``: activations' dtype."""
+        n, k = q.shape
+        if k % GROUP or n % 8:
+            raise ValueError(f"int4 needs K divisible by {GROUP} and N by 8, not {k} x {n}")
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), INNER_K_TILES)
+        self.scales_zeros = torch.stack([scale.t(), zero.t()], dim=-1).to(dtype).contiguous()
+        self.out_features = n
+        self.in_features = k
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.reshape(-1, shape[-1]), self.packed, GROUP, self.scales_zeros.to(x.dtype)
+        )
+        return out.view(*shape[:-1], self.out_features)
+
+    def dequantize(self) -> torch.Tensor:
+        """The dense weight [N, K] the kernel computes with (for tests and fallbacks)."""
+        eye = torch.eye(self.in_features, dtype=self.scales_zeros.dtype)
+        return self(eye).t().contiguous()
+
+
+def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Min/max int4 quantisation per group: (q [N, K] in 0..15, scale [N, K/G], zero [N, K/G])."""
+    n, k = weight.shape
+    groups = weight.float().reshape(n, k // GROUP, GROUP)
+    low, high = groups.amin(-1), groups.amax(-1)
+    scale = ((high - low) / 15).clamp(min=1e-8)
+    q = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15).reshape(n, k)
+    return q.to(torch.int32), scale, low + 8 * scale
+
+
+def make_linear(weight: torch.Tensor, dtype: torch.dtype, quant: str | None = None) -> Linear:
+    """A dense layer in ``dtype``, or int4 (``quant="int4"``) with activations in ``dtype``."""
+    if quant is None:
+        return Dense(weight.to(dtype))
+    if quant == "int4":
+        return Int4(*quantize_int4(weight), dtype=dtype)
+    raise ValueError(f"unknown quantisation {quant!r}: use int4 or none")

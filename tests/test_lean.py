@@ -1,0 +1,92 @@
+"""The lean decoder against transformers' LlamaForCausalLM, and batched greedy decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medusa_chat.engine.lean import UnsupportedModel, from_state_dict
+from medusa_chat.engine.quant import Int4, quantize_int4
+from tests.tiny import tiny_model
+
+
+def _lean(model, dtype=torch.float32, quant=None):
+    return from_state_dict(model.config, model.state_dict(), dtype, quant)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+def test_logits_match_transformers_prefill_steps_and_tree(arch):
+    model = tiny_model(arch, dtype=torch.float32, num_attention_heads=4, num_key_value_heads=2)
+    lean = _lean(model)
+    torch.manual_seed(1)
+    ids = torch.randint(5, 300, (1, 12))
+    with torch.inference_mode():
+        ref = model(ids).logits[0]
+        out = lean.logits(lean.forward(ids[:, :7], torch.arange(7)[None]))[0]
+        for t in range(7, 12):  # one-token steps
+            step = lean.logits(lean.forward(ids[:, t : t + 1], torch.tensor([[t]])))[0]
+            out = torch.cat([out, step])
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+        # A tree step over 4 nodes (root, two children, a grandchild), then compaction of one path.
+        parents = [-1, 0, 0, 1]
+        depths = torch.tensor([0, 1, 1, 2])
+        ancestors = torch.eye(4, dtype=torch.bool)
+        for node, parent in enumerate(parents):
+            while parent >= 0:
+                ancestors[node, parent] = True
+                parent = parents[parent]
+        tree_ids = torch.tensor([[17, 40, 41, 99]])
+        mask = torch.cat([torch.ones(4, 12, dtype=torch.bool), ancestors], dim=-1)[None, None]
+        tree = lean.logits(lean.forward(tree_ids, 12 + depths[None], mask))[0]
+        path = torch.tensor([0, 1, 3])
+        lean.cache.keep_path(12, path)
+        seq = torch.cat([ids[0], tree_ids[0, path]])[None]
+        full = model(seq).logits[0]
+        torch.testing.assert_close(tree[path], full[12:15], atol=1e-5, rtol=1e-5)
+        after = lean.logits(lean.forward(torch.tensor([[5]]), torch.tensor([[15]])))[0]
+        torch.testing.assert_close(after[0], model(torch.cat([seq, torch.tensor([[5]])], 1)).logits[0, -1],
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_unsupported_architecture_is_refused():
+    model = tiny_model("qwen2", dtype=torch.float32)
+    with pytest.raises(UnsupportedModel, match="qwen2"):
+        _lean(model)
+
+
+def test_int4_kernel_computes_its_dequantised_weight():
+    torch.manual_seed(0)
+    weight = torch.randn(64, 128)
+    layer = Int4(*quantize_int4(weight), dtype=torch.float32)
+    dense = layer.dequantize()
+    assert (dense - weight).abs().max() < (weight.abs().max() / 7)
+    x = torch.randn(3, 128)
+    torch.testing.assert_close(layer(x), x @ dense.T, atol=1e-4, rtol=1e-4)
+
+
+def _greedy_alone(model, prompt: list[int], steps: int, eos: set[int]) -> list[int]:
+    ids, answer = list(prompt), []
+    with torch.inference_mode():
+        for _ in range(steps):
+            token = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            answer.append(token)
+            ids.append(token)
+            if token in eos:
+                break
+    return answer
+
+
+@pytest.mark.parametrize("engine", ["transformers", "lean"])
+def test_batched_greedy_equals_one_prompt_greedy(engine):
+    from medusa_chat.engine.decoder import TransformersDecoder
+    from medusa_chat.training.batched import greedy_batch
+
+    model = tiny_model("llama", dtype=torch.float32, num_attention_heads=4, num_key_value_heads=2)
+    decoder = TransformersDecoder(model) if engine == "transformers" else _lean(model)
+    torch.manual_seed(3)
+    prompts = [torch.randint(5, 300, (n,)).tolist() for n in (3, 9, 5, 9, 1)]
+    eos = {_greedy_alone(model, prompts[1], 4, set())[3]}  # a token one row emits mid-answer: EOS mid-batch
+    expected = [_greedy_alone(model, p, 12, eos) for p in prompts]
+    assert any(len(a) < 12 for a in expected) and any(len(a) == 12 for a in expected)
+    assert greedy_batch(decoder, prompts, 12, eos, pad_id=0) == expected
