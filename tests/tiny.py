@@ -73,11 +73,15 @@ def tiny_model(arch: str = "llama", vocab_size: int = 320, seed: int = 0, dtype=
     return model.eval()
 
 
-def random_heads(model, num_heads: int = 4, num_layers: int = 1, shared: bool = True, seed: int = 0, scale=0.3):
+def random_heads(
+    model, num_heads: int = 4, num_layers: int = 1, shared: bool = True, seed: int = 0, scale=0.3,
+    root_conditioned: bool = False, draft_vocab: torch.Tensor | None = None,
+):
     """Heads with random residual blocks (a zero-initialised block would only echo the base)."""
     torch.manual_seed(seed)
     cfg = model.config
-    heads = MedusaHeads(cfg.hidden_size, cfg.vocab_size, num_heads, num_layers, shared_projection=shared)
+    heads = MedusaHeads(cfg.hidden_size, cfg.vocab_size, num_heads, num_layers, shared_projection=shared,
+                        root_conditioned=root_conditioned, draft_vocab=draft_vocab)
     with torch.no_grad():
         for name, p in heads.named_parameters():
             p.copy_(torch.randn_like(p) * (scale if "linear" in name else 0.2))

@@ -21,6 +21,7 @@ class Decoder(Protocol):
     device: torch.device
     dtype: torch.dtype  # activations
     engine: str  # "transformers" or "lean", shown to users
+    config: object  # the transformers config the weights came with
 
     @property
     def lm_head(self): ...  # callable hidden [..., H] -> logits [..., V] (the heads may share it)
@@ -40,6 +41,8 @@ class Decoder(Protocol):
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor: ...
 
+    def output_rows(self, ids: torch.Tensor) -> torch.Tensor: ...  # dense lm_head rows [n, H] (draft vocabulary)
+
     def keep_path(self, start: int, slots: torch.Tensor) -> None: ...
 
     def truncate(self, length: int) -> None: ...
@@ -54,6 +57,8 @@ class TransformersDecoder:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+        self.config = model.config
+        self.generation_config = getattr(model, "generation_config", None)
         self._body = model.get_decoder()
         self._head = model.get_output_embeddings()
         self._softcap = getattr(model.config, "final_logit_softcapping", None)
@@ -92,6 +97,9 @@ class TransformersDecoder:
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids)
+
+    def output_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._head.weight.detach()[ids.to(self._head.weight.device)]
 
     def keep_path(self, start: int, slots: torch.Tensor) -> None:
         keep_path(self.cache, start, slots)

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from . import acceptance
-from .cache import cache_length, keep_path, new_cache, truncate
 from .config import ACCEPTANCE_MODES, GenerationConfig
+from .decoder import Decoder, TransformersDecoder
 from .events import GenerationStats, StepEvent
 from .heads import MedusaHeads
 from .lookup import lookup_draft
@@ -94,7 +94,7 @@ class _Pace:
 
 
 class Generator:
-    """Streams tokens from ``model`` (a transformers causal LM), with or without Medusa heads.
+    """Streams tokens from ``model`` (a transformers causal LM or any :class:`Decoder`), with or without heads.
 
     The generator keeps its KV cache between calls: a new prompt that extends an earlier one
     (the next turn of a conversation) only prefills the tokens after their common prefix.
@@ -102,7 +102,7 @@ class Generator:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Decoder,
         tokenizer,
         heads: MedusaHeads | None = None,
         tree: str | Sequence[Sequence[int]] | None = None,
@@ -110,23 +110,22 @@ class Generator:
         eos_ids: set[int] | None = None,
     ) -> None:
         self.model = model
+        self.decoder: Decoder = TransformersDecoder(model) if isinstance(model, nn.Module) else model
         self.tokenizer = tokenizer
         self.heads = heads
-        self.device = next(model.parameters()).device
+        self.device = self.decoder.device
         if heads is not None:
-            heads.to(device=self.device, dtype=_float_dtype(model)).eval()
-        self._decoder = model.get_decoder()
-        self._lm_head = model.get_output_embeddings()
-        self._softcap = getattr(model.config, "final_logit_softcapping", None)
-        self.max_context = max_context or _context_window(model)
-        self.eos_ids = eos_ids if eos_ids is not None else _eos_ids(model, tokenizer)
-        self._cache = new_cache()
+            heads.to(device=self.device, dtype=self.decoder.dtype).eval()
+            if heads.draft_vocab is not None:
+                heads.use_base_projection(self.decoder.output_rows(heads.draft_vocab).to(self.decoder.dtype))
+        self.max_context = max_context or _context_window(self.decoder.config)
+        self.eos_ids = eos_ids if eos_ids is not None else _eos_ids(self.decoder, tokenizer)
         self._cached_ids: list[int] = []
         self.plain_rate: float | None = None  # measured plain tokens/s (calibration or fallback probes)
         self._chains: dict[int, tuple] = {}
         self.tree_name = "none"
         self.tree = build_tree([])
-        self._chains = {0: (self.tree, self._mask_block(self.tree))}
+        self._chains = {0: (self.tree, self.tree.ancestor_mask)}
         if heads is not None and tree is not None:
             self.set_tree(tree)
         elif heads is not None:
@@ -138,8 +137,8 @@ class Generator:
 
     @property
     def cache(self):
-        """The KV cache (transformers ``DynamicCache``) holding :attr:`cached_ids`."""
-        return self._cache
+        """The decoder's KV cache, holding :attr:`cached_ids`."""
+        return self.decoder.cache
 
     @property
     def cached_ids(self) -> list[int]:
@@ -152,23 +151,18 @@ class Generator:
         built = build_tree(choices, num_heads=self.heads.num_heads if self.heads else 0)
         self.tree = built.to(self.device)
         self.tree_name = name or (tree if isinstance(tree, str) else f"custom-{built.size}")
-        self._chains = {0: (self.tree, self._mask_block(self.tree))}
-
-    def _mask_block(self, tree: Tree) -> torch.Tensor:
-        dtype = _float_dtype(self.model)
-        block = torch.zeros(tree.size, tree.size, dtype=dtype, device=self.device)
-        return block.masked_fill(~tree.ancestor_mask, torch.finfo(dtype).min)
+        self._chains = {0: (self.tree, self.tree.ancestor_mask)}
 
     def _tree_with_chain(self, length: int) -> tuple[Tree, torch.Tensor]:
         """The tree plus a prompt-lookup chain of ``length`` slots, with its attention block (cached)."""
         if length not in self._chains:
             tree = with_chain(self.tree, length)
-            self._chains[length] = (tree, self._mask_block(tree))
+            self._chains[length] = (tree, tree.ancestor_mask)
         return self._chains[length]
 
     def reset(self) -> None:
         """Forget the cached conversation."""
-        self._cache = new_cache()
+        self.decoder.new_cache()
         self._cached_ids = []
 
     def generate(
@@ -192,7 +186,7 @@ class Generator:
                 f"the prompt has {len(input_ids)} tokens but this model's context holds {self.max_context}: "
                 "shorten the prompt or start a new conversation"
             )
-        vocab = self._lm_head.weight.shape[0]
+        vocab = self.decoder.vocab_size
         if not all(0 <= t < vocab for t in input_ids):
             raise ValueError(f"the prompt holds token ids outside this model's vocabulary (0..{vocab - 1})")
         if config.acceptance not in ACCEPTANCE_MODES:
@@ -217,7 +211,7 @@ class Generator:
                         stop_reason = "cancelled"
                         break
                     t0 = time.perf_counter()
-                    room = self.max_context - cache_length(self._cache) - len(state.pending)
+                    room = self.max_context - self.decoder.cache_length - len(state.pending)
                     mode = pace.next_mode() if pace else ("medusa" if use_medusa else "plain")
                     tree_size = 1
                     if mode == "medusa" and room >= self.tree.size + config.prompt_lookup:
@@ -275,7 +269,7 @@ class Generator:
     def _prefill(self, input_ids: list[int]) -> tuple[int, _State]:
         """Bring the cache to ``input_ids``, reusing the longest common prefix; return (reused, state)."""
         reused = min(_common_prefix(self._cached_ids, input_ids), len(input_ids) - 1)
-        truncate(self._cache, reused)
+        self.decoder.truncate(reused)
         self._cached_ids = self._cached_ids[:reused]
         hidden = self._forward(input_ids[reused:])
         self._cached_ids.extend(input_ids[reused:])
@@ -307,17 +301,18 @@ class Generator:
         tree = self.tree
         tokens = torch.tensor([root], device=self.device)
         if self.heads is not None and tree.depth:
-            proposals = self.heads(state.hidden, self._lm_head, count=tree.depth).topk(tree.topk, dim=-1).indices
+            embedding = self.decoder.embed(tokens)[0] if self.heads.root_conditioned else None
+            proposals = self.heads.propose(state.hidden, self.decoder.lm_head, tree.depth, tree.topk, embedding)
             tokens = torch.cat([tokens, proposals.flatten()])[tree.tree_indices]
         draft = lookup_draft([*self._cached_ids, root], config.prompt_lookup) if config.prompt_lookup else []
         tree, block = self._tree_with_chain(len(draft))
         if draft:
             tokens = torch.cat([tokens, torch.tensor(draft, device=self.device)])
 
-        start = cache_length(self._cache)
-        mask = torch.cat([block.new_zeros(tree.size, start), block], dim=-1)
-        hidden = self._forward(tokens, mask=mask[None, None], positions=start + tree.depths)
-        logits = self._logits(hidden)
+        start = self.decoder.cache_length
+        mask = torch.cat([block.new_ones(tree.size, start), block], dim=-1)
+        hidden = self._forward(tokens, mask=mask, positions=start + tree.depths)
+        logits = self.decoder.logits(hidden)
 
         next_root = None
         if config.temperature > 0 and config.acceptance == "exact":
@@ -336,7 +331,7 @@ class Generator:
                 ok = acceptance.greedy_nodes(tokens, logits, tree.parents)
                 row, length = acceptance.best_path(ok, tree.retrieve_indices)
             slots = tree.retrieve_indices[row, : length + 1]
-        keep_path(self._cache, start, slots)
+        self.decoder.keep_path(start, slots)
         emitted = tokens[slots].tolist()
         self._cached_ids.extend(emitted)
         last = slots[-1]
@@ -346,22 +341,22 @@ class Generator:
     def _forward(
         self, tokens: Sequence[int] | torch.Tensor, mask: torch.Tensor | None = None, positions=None
     ) -> torch.Tensor:
-        """Run the decoder on ``tokens`` over the cache; return their final hidden states [n, H]."""
+        """Run the decoder on ``tokens`` over the cache; return their final hidden states [n, H].
+
+        ``mask`` [n, L + n] (bool) defaults to causal. One-token steps pass an explicit all-true mask, so
+        they take the same attention path as tree rows (the same rounding: greedy Medusa equals plain).
+        """
         ids = torch.as_tensor(tokens, device=self.device).view(1, -1)
-        out = self._decoder(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=None if positions is None else positions.view(1, -1),
-            past_key_values=self._cache,
-            use_cache=True,
-        )
-        return out.last_hidden_state[0]
+        start = self.decoder.cache_length
+        if positions is None:
+            positions = torch.arange(start, start + ids.shape[1], device=self.device)
+        if mask is None and ids.shape[1] == 1:
+            mask = torch.ones(1, start + 1, dtype=torch.bool, device=self.device)
+        hidden = self.decoder.forward(ids, positions.view(1, -1), None if mask is None else mask[None, None])
+        return hidden[0]
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self._lm_head(hidden).float()
-        if self._softcap:
-            logits = torch.tanh(logits / self._softcap) * self._softcap
-        return logits
+        return self.decoder.logits(hidden)
 
     def _trim(self, tokens: list[int], budget: int) -> tuple[list[int], bool]:
         """Cut at the first end-of-sequence token (excluded) and at the token budget."""
@@ -380,22 +375,14 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def _float_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype activations run in (a quantised model's compute dtype, not its int storage)."""
-    for p in model.parameters():
-        if p.dtype.is_floating_point:
-            return p.dtype
-    return torch.float32
-
-
-def _context_window(model: nn.Module) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+def _context_window(config) -> int:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
     return int(getattr(config, "max_position_embeddings", None) or 2048)
 
 
-def _eos_ids(model: nn.Module, tokenizer) -> set[int]:
+def _eos_ids(decoder: Decoder, tokenizer) -> set[int]:
     ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+    for source in (getattr(decoder, "generation_config", None), decoder.config, tokenizer):
         value = getattr(source, "eos_token_id", None)
         if value is None:
             continue

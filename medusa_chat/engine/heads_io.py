@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..errors import UserError
 from .heads import MedusaHeads
 
 HEADS_SAFETENSORS = "medusa_lm_head.safetensors"
@@ -39,7 +40,7 @@ _BLOCK = re.compile(r"^(\d+)\.(\d+)\.linear\.(weight|bias)$")
 _PROJ = re.compile(r"^(\d+)\.(\d+)\.weight$")
 
 
-class HeadsError(ValueError):
+class HeadsError(UserError, ValueError):
     """Medusa heads that are missing, unreadable or do not fit the base model."""
 
 

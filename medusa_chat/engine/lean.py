@@ -135,15 +135,18 @@ class LeanLlama:
         norm: torch.Tensor,
         lm_head: Linear,
         dtype: torch.dtype,
+        config: object = None,
     ) -> None:
         self.spec = spec
+        self.config = config
         self.embed_weight = embed  # [V, H]
         self.layers = layers
         self.norm = norm
         self.lm_head = lm_head
         self.dtype = dtype
         self.device = embed.device
-        inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, spec.head_dim, 2, dtype=torch.int64).float() / spec.head_dim))
+        exponents = torch.arange(0, spec.head_dim, 2, dtype=torch.int64).float() / spec.head_dim
+        inv_freq = 1.0 / (spec.rope_theta**exponents)
         self._inv_freq = inv_freq.to(self.device)
         self._rope_len = 0
         self._cos = self._sin = torch.empty(0)
@@ -161,6 +164,9 @@ class LeanLlama:
 
     def new_cache(self, batch: int = 1) -> None:
         self.cache = KVCache(self.spec, batch, self.dtype, self.device)
+
+    def output_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm_head.rows(ids)
 
     def keep_path(self, start: int, slots: torch.Tensor) -> None:
         self.cache.keep_path(start, slots)
@@ -267,7 +273,7 @@ def from_state_dict(config, state: dict[str, torch.Tensor], dtype: torch.dtype, 
         layers.append(
             Layer(
                 attn_norm=w(p + "input_layernorm.weight").to(dtype),
-                wqkv=linear(p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"),
+                wqkv=linear(*(p + f"self_attn.{n}_proj.weight" for n in "qkv")),
                 wo=linear(p + "self_attn.o_proj.weight"),
                 mlp_norm=w(p + "post_attention_layernorm.weight").to(dtype),
                 w13=linear(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
@@ -276,4 +282,5 @@ def from_state_dict(config, state: dict[str, torch.Tensor], dtype: torch.dtype, 
         )
     embed = w("model.embed_tokens.weight")
     head = state.get("lm_head.weight", embed)
-    return LeanLlama(spec, embed.to(dtype), layers, w("model.norm.weight").to(dtype), make_linear(head, dtype, quant), dtype)
+    norm = w("model.norm.weight").to(dtype)
+    return LeanLlama(spec, embed.to(dtype), layers, norm, make_linear(head, dtype, quant), dtype, config)

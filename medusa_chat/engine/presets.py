@@ -8,7 +8,7 @@ the user's own machine.
 
 from __future__ import annotations
 
-from .tree import TreeError, chain, check_size
+from .choices import TreeError, chain, check_size
 
 REFERENCE_TREES: dict[str, list[list[int]]] = {
     "mc_sim_7b_63": [

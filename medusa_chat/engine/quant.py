@@ -22,6 +22,8 @@ class Linear(Protocol):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
+    def rows(self, ids: torch.Tensor) -> torch.Tensor: ...  # dense weight rows [n, K]
+
 
 class Dense:
     """``x @ W.T`` with W [N, K]."""
@@ -32,6 +34,9 @@ class Dense:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[ids]
 
 
 class Int4:
@@ -53,6 +58,9 @@ class Int4:
             x.reshape(-1, shape[-1]), self.packed, GROUP, self.scales_zeros.to(x.dtype)
         )
         return out.view(*shape[:-1], self.out_features)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.dequantize()[ids]
 
     def dequantize(self) -> torch.Tensor:
         """The dense weight [N, K] the kernel computes with (for tests and fallbacks)."""
