@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import UserError
 from . import acceptance
 from .config import ACCEPTANCE_MODES, GenerationConfig
 from .decoder import Decoder, TransformersDecoder
@@ -36,7 +37,7 @@ from .text import TextStream
 from .tree import Tree, build_tree, with_chain
 
 
-class ContextLengthError(ValueError):
+class ContextLengthError(UserError, ValueError):
     """The prompt does not fit the model's context window."""
 
 

@@ -134,7 +134,7 @@ class MedusaHeads(nn.ModuleList):
     def propose(
         self, x: torch.Tensor, lm_head: nn.Module | None, count: int, k: int, root: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Each of the first ``count`` heads' top-``k`` token ids for one hidden state ``x`` [H] -> [count, k]."""
+        """Each of the first ``count`` heads' top-``k`` token ids for ``x`` [..., H] -> [count, ..., k]."""
         return self.token_ids(self.draft_logits(x, lm_head, count, root).topk(k, dim=-1).indices)
 
     def init_projections_from(self, lm_head: nn.Module) -> None:

@@ -36,3 +36,20 @@ def load_base(
     base.eval().requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return base, tokenizer
+
+
+def base_checksum(model: str) -> str:
+    """sha256 of the base weights: the default model's GGUF, or a local directory's weight files in name order."""
+    import hashlib
+
+    if model == default_model.NAME:
+        files = [default_model.gguf_path()]
+    else:
+        root = Path(model).expanduser()
+        files = sorted(root.glob("*.safetensors")) or sorted(root.glob("*.bin"))
+    digest = hashlib.sha256()
+    for path in files:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

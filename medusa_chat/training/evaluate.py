@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .distill_data import encode_prompt, eos_token_ids, generate_batch, load_prompts
+from ..prompts import read_prompts
+from .batched import greedy_batch
+from .distill_data import encode_prompt
 
 if TYPE_CHECKING:
-    import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
+    from ..engine.decoder import Decoder
     from ..engine.heads import MedusaHeads
 
 TOP_RANKS = 10
@@ -59,22 +61,24 @@ class HeadsAccuracy:
         return "\n".join(lines)
 
 
-def head_logits(heads: MedusaHeads, lm_head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Head logits [K, ..., V]: blocks in fp32 (the heads' dtype), a shared projection in the base's dtype."""
-    if heads.shared_projection:
-        return lm_head(heads.hidden(hidden.float()).to(lm_head.weight.dtype))
-    return heads(hidden.float())
+def prepare_heads(heads: MedusaHeads, decoder: Decoder) -> MedusaHeads:
+    """``heads`` in the decoder's dtype with their draft projection, as the generator runs them."""
+    heads = heads.to(device=decoder.device, dtype=decoder.dtype).eval()
+    if heads.draft_vocab is not None:
+        heads.use_base_projection(decoder.output_rows(heads.draft_vocab).to(decoder.dtype))
+    return heads
 
 
 def evaluate_heads(
-    model: PreTrainedModel,
+    decoder: Decoder,
     tokenizer: PreTrainedTokenizerBase,
     heads: MedusaHeads,
     prompts_path: str | Path,
+    eos_ids: set[int],
     *,
     limit: int | None = 100,
     steps: int = 20,
-    batch_size: int = 16,
+    batch_size: int = 32,
     max_prompt_tokens: int = 512,
     progress: Callable[[int, int], None] | None = None,
 ) -> HeadsAccuracy:
@@ -82,33 +86,30 @@ def evaluate_heads(
     import torch
 
     k = heads.num_heads
-    encoded = [encode_prompt(tokenizer, p) for p in load_prompts(prompts_path, limit)]
+    encoded = [encode_prompt(tokenizer, p.text) for p in read_prompts(prompts_path, limit)]
     encoded = sorted((p for p in encoded if len(p) <= max_prompt_tokens), key=len)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_ids = eos_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
     hits = torch.zeros(k, TOP_RANKS, dtype=torch.long)
     samples = torch.zeros(k, dtype=torch.long)
-    lm_head = model.get_output_embeddings()
-    device = model.device
-    heads = heads.to(device)
+    heads = prepare_heads(heads, decoder)
     for start in range(0, len(encoded), batch_size):
-        for seq in generate_batch(model, encoded[start : start + batch_size], steps + k, pad_id, eos_ids):
-            greedy = torch.tensor(seq.ids[seq.prompt_len :], device=device)
+        hidden: list[torch.Tensor] = []
+        answers = greedy_batch(decoder, encoded[start : start + batch_size], steps + k, eos_ids, pad_id, hidden)
+        for answer, h in zip(answers, hidden, strict=True):
+            greedy = torch.tensor(answer)
             positions = min(steps, len(greedy) - 1)  # step s needs greedy[s + 1] for head 0
             if positions <= 0:
                 continue
-            with torch.no_grad():
-                ids = torch.tensor([seq.ids], device=device)
-                hidden = model.model(input_ids=ids).last_hidden_state[0]
-                h = hidden[seq.prompt_len - 1 : seq.prompt_len - 1 + positions]
-                top = head_logits(heads, lm_head, h).topk(TOP_RANKS, dim=-1).indices  # [K, S, 10]
-            for i in range(k):
+            with torch.inference_mode():
+                roots = greedy[:positions].to(decoder.device)
+                root = decoder.embed(roots) if heads.root_conditioned else None
+                top = heads.propose(h[:positions].to(decoder.device), decoder.lm_head, k, TOP_RANKS, root).cpu()
+            for i in range(k):  # top: [K, S, 10]
                 valid = min(positions, len(greedy) - 1 - i)
                 if valid <= 0:
                     continue
                 truth = greedy[i + 1 : i + 1 + valid]
-                match = top[i, :valid] == truth[:, None]
-                hits[i] += match.sum(0).cpu()
+                hits[i] += (top[i, :valid] == truth[:, None]).sum(0)
                 samples[i] += valid
         if progress:
             progress(min(start + batch_size, len(encoded)), len(encoded))

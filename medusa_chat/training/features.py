@@ -1,10 +1,10 @@
-"""Frozen-base features for head training: final hidden states and the base's own top-k predictions.
+"""Frozen-base features for head training: the final hidden state at every answer position.
 
-The base model runs once per sequence (no grad). Only the rows the heads are trained on are kept:
-positions ``prompt_len - 1 .. len - 1`` of every sequence, i.e. the last prompt token (where the
-app applies the heads after prefill) and every answer position. For each kept row the base's
-top-k next-token log-probabilities are stored too (the soft targets). Features are cached next to
-the distillation data, so runs that change only head settings skip the base forward.
+Row r is position ``t`` of some sequence, for ``t`` from ``prompt_len - 1`` (the last prompt token,
+where the app applies the heads after prefill) to ``len - 2``; ``ahead[r, d]`` is the token at
+``t + 1 + d`` (``d = 0`` is the root the base model picks, ``d = 1 + i`` head i's target).
+Hidden states are cached per distillation shard: ``medusa-chat distill`` writes them as a by-product
+of generation, and a shard without them gets one batched forward pass of the base.
 """
 
 from __future__ import annotations
@@ -14,93 +14,98 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .distill_data import Sequence, sequences_digest
+import torch
+
+from .distill_data import Sequence
 
 if TYPE_CHECKING:
-    import torch
-    from transformers import PreTrainedModel
+    from ..engine.decoder import Decoder
 
-TEACHER_TOP_K = 20
+PAD = -100
 
 
 @dataclass
 class Features:
-    """Row r is position ``t`` of some sequence; ``remaining[r]`` = len - t; ``tokens[r, d]`` = ids[t + d]."""
-
-    hidden: torch.Tensor  # [N, H] final-norm hidden states (base dtype)
-    tokens: torch.Tensor  # [N, D] ids at t + d for d < D (-100 past the end)
-    remaining: torch.Tensor  # [N] tokens left in the sequence from t on
-    teacher_ids: torch.Tensor  # [N, k] base top-k ids for position t + 1
-    teacher_logp: torch.Tensor  # [N, k] their log-probabilities
+    hidden: torch.Tensor  # [N, H] final-norm hidden states
+    ahead: torch.Tensor  # [N, D] token ids at t + 1 + d (PAD past the end)
+    sequence_end: torch.Tensor  # [N] index of the sequence's last row + 1 (rows of one sequence are contiguous)
 
     def __len__(self) -> int:
         return self.hidden.shape[0]
 
-    def as_dict(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+def shard_hidden_path(shard_sha256: str, engine: str, dtype: str) -> Path:
+    """Where the hidden states of one distillation shard are cached (per decoder and precision)."""
+    from ..paths import cache_dir
+
+    directory = cache_dir() / "features"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{shard_sha256[:24]}-{engine}-{dtype}.safetensors"
 
 
-def extract_features(
-    model: PreTrainedModel,
-    sequences: list[Sequence],
-    max_ahead: int = 12,
-    batch_tokens: int = 4096,
-    progress: Callable[[int, int], None] | None = None,
-) -> Features:
-    """Run the frozen base over ``sequences`` (right padded batches) and collect the training rows."""
-    import torch
+def save_shard_hidden(path: Path, hidden: torch.Tensor) -> None:
+    """Write ``hidden`` [rows, H] atomically (safetensors)."""
+    from safetensors.torch import save_file
 
-    device = model.device
-    order = sorted(range(len(sequences)), key=lambda s: len(sequences[s].ids))
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in Features.__dataclass_fields__}
-    start = 0
-    while start < len(order):
-        width = len(sequences[order[start]].ids)
-        end = start + 1
-        while end < len(order) and len(sequences[order[end]].ids) * (end - start + 1) <= batch_tokens:
-            width = len(sequences[order[end]].ids)
-            end += 1
-        batch = [sequences[s] for s in order[start:end]]
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, seq in enumerate(batch):
-            ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
-            mask[row, : len(seq.ids)] = 1
-        with torch.no_grad():
-            hidden = model.model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-            for row, seq in enumerate(batch):
-                first, length = seq.prompt_len - 1, len(seq.ids)
-                h = hidden[row, first:length]
-                logp = torch.log_softmax(model.lm_head(h).float(), dim=-1)
-                top = logp.topk(TEACHER_TOP_K, dim=-1)
-                padded = torch.tensor(seq.ids + [-100] * max_ahead)
-                positions = torch.arange(first, length)
-                parts["hidden"].append(h.cpu())
-                parts["tokens"].append(padded[positions[:, None] + torch.arange(max_ahead)])
-                parts["remaining"].append(length - positions)
-                parts["teacher_ids"].append(top.indices.to(torch.int32).cpu())
-                parts["teacher_logp"].append(top.values.cpu())
-        start = end
-        if progress:
-            progress(start, len(order))
-    return Features(**{name: torch.cat(tensors) for name, tensors in parts.items()})
-
-
-def load_or_extract(
-    model: PreTrainedModel,
-    sequences: list[Sequence],
-    directory: Path,
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[Features, bool]:
-    """Features for ``sequences``, cached in ``directory``; returns (features, loaded from cache)."""
-    import torch
-
-    dtype = str(model.dtype).removeprefix("torch.")
-    path = directory / f"features-{sequences_digest(sequences)}-{dtype}.pt"
-    if path.is_file():
-        return Features(**torch.load(path, weights_only=True)), True
-    features = extract_features(model, sequences, progress=progress)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(features.as_dict(), tmp)
+    save_file({"hidden": hidden.contiguous()}, str(tmp))
     tmp.replace(path)
-    return features, False
+
+
+def load_shard_hidden(path: Path, rows: int) -> torch.Tensor | None:
+    """The cached hidden states of a shard, or None when absent, unreadable or of the wrong length."""
+    from safetensors.torch import load_file
+
+    try:
+        hidden = load_file(str(path))["hidden"]
+    except Exception:  # absent or damaged cache: recompute
+        return None
+    return hidden if hidden.shape[0] == rows else None
+
+
+def answer_rows(seq: Sequence) -> int:
+    return len(seq.ids) - seq.prompt_len
+
+
+def extract_hidden(
+    decoder: Decoder, sequences: list[Sequence], batch_tokens: int = 8192, progress: Callable[[int], None] | None = None
+) -> torch.Tensor:
+    """Hidden states of positions ``prompt_len - 1 .. len - 2`` of each sequence, concatenated in order."""
+    order = sorted(range(len(sequences)), key=lambda s: len(sequences[s].ids))
+    parts: dict[int, torch.Tensor] = {}
+    start = 0
+    with torch.inference_mode():
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and len(sequences[order[end]].ids) * (end - start + 1) <= batch_tokens:
+                end += 1
+            batch = [sequences[s] for s in order[start:end]]
+            width = max(len(s.ids) for s in batch)
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            for row, seq in enumerate(batch):  # right padded: causal attention never sees the pad
+                ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
+            decoder.new_cache(len(batch))
+            positions = torch.arange(width)[None].expand(len(batch), -1)
+            hidden = decoder.forward(ids.to(decoder.device), positions.to(decoder.device), None)
+            for row, (index, seq) in enumerate(zip(order[start:end], batch, strict=True)):
+                parts[index] = hidden[row, seq.prompt_len - 1 : len(seq.ids) - 1].cpu()
+            if progress:
+                progress(end - start)
+            start = end
+    decoder.new_cache(1)
+    return torch.cat([parts[i] for i in range(len(sequences))])
+
+
+def build_features(sequences: list[Sequence], hidden: torch.Tensor, depth: int) -> Features:
+    """Rows and look-ahead tokens for ``sequences`` whose hidden rows are ``hidden`` (see :func:`extract_hidden`)."""
+    ahead, ends, offset = [], [], 0
+    for seq in sequences:
+        n = answer_rows(seq)
+        padded = torch.tensor(seq.ids + [PAD] * (depth + 1))
+        positions = torch.arange(seq.prompt_len - 1, len(seq.ids) - 1)
+        ahead.append(padded[positions[:, None] + 1 + torch.arange(depth + 1)])
+        offset += n
+        ends.append(torch.full((n,), offset))
+    if hidden.shape[0] != offset:
+        raise ValueError(f"{hidden.shape[0]} hidden rows for {offset} answer positions")
+    return Features(hidden, torch.cat(ahead), torch.cat(ends))
