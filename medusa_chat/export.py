@@ -18,10 +18,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .errors import UserError
+
 FORMATS = ("vllm", "tgi")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """Heads that cannot be written in the asked layout (e.g. no base model for a shared projection)."""
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .catalog import ModelSpec, resolve
+from .errors import UserError
 
 REPORT_BYTES = 1 << 20  # a progress event per MiB (and at the end of each file)
 RETRIES = 3
@@ -42,7 +43,7 @@ _BIN = re.compile(r"^pytorch_model[^/]*\.bin$|^pytorch_model\.bin\.index\.json$"
 HEAD_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
 
 
-class HubError(RuntimeError):
+class HubError(UserError, RuntimeError):
     """A download that cannot go ahead; the message says what to do."""
 
 

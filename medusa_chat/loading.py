@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import ModelSpec, catalog, catalog_problems, chat_template_for, resolve
+from .errors import UserError
 from .memory import OVERHEAD, cpu_memory, estimate_bytes
+from .trees import resolve_tree
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 QUANTS = ("none", "4bit", "8bit")
@@ -33,7 +35,7 @@ CALIBRATION_PROMPT = "Write a short paragraph about the sea."
 _HEAD_KEY_PREFIXES = ("medusa_head.", "blocks.", "lm_heads.")
 
 
-class LoadError(RuntimeError):
+class LoadError(UserError, RuntimeError):
     """The model cannot be loaded as asked; the message says what to do instead."""
 
 
@@ -56,6 +58,11 @@ class LoadedModel:
     @property
     def tree_name(self) -> str:
         return self.generator.tree_name
+
+    @property
+    def default_tree(self) -> str | None:
+        """The tree the heads recommend (their catalogue entry's), if any."""
+        return self.spec.default_tree
 
     @property
     def num_heads(self) -> int:
@@ -465,8 +472,14 @@ def _assemble(
         notes.append("no Medusa heads found: plain decoding only")
     generator = Generator(base, tokenizer, medusa)
     if medusa is not None:
-        choices, name = _default_tree(spec, device, dtype_name, medusa.num_heads, tree)
-        generator.set_tree(choices, name=name)
+        chosen = resolve_tree(
+            tree, model=spec.name, device=device, dtype=dtype_name, num_heads=medusa.num_heads,
+            default=spec.default_tree,
+        )  # fmt: skip
+        generator.set_tree(chosen.choices, name=chosen.name)
+        if chosen.note:
+            report(chosen.note)
+            notes.append(chosen.note)
     return LoadedModel(
         name=spec.name,
         generator=generator,
@@ -479,32 +492,6 @@ def _assemble(
         stop_strings=("USER:",) if spec.chat_template == "vicuna_v1.1" else (),
         notes=notes,
     )
-
-
-def _default_tree(spec: ModelSpec, device: str, dtype: str, num_heads: int, tree: str | None):
-    """(choices, name) of the tree to use: the one asked for, else the tree tuned on this machine, else the
-    entry's default or the device's preset, cut to the heads available (a tree may not be deeper than them).
-    """
-    from .engine.presets import DEFAULT_CPU_TREE, DEFAULT_GPU_TREE, fit_to_heads, preset
-    from .tuning import tuned_tree
-
-    try:
-        tuned = tuned_tree(spec.name, device, dtype, num_heads=num_heads)
-    except OSError:  # the data directory cannot be created or read: no tuned tree
-        tuned = None
-    if tree == "tuned":
-        if tuned is None:
-            raise LoadError(f"no tuned tree for {spec.name} on {device} ({dtype}) yet: run `medusa-chat tune`")
-        return tuned, "tuned"
-    if tree:
-        return preset(tree), tree
-    if tuned is not None:
-        return tuned, "tuned"
-    name = spec.default_tree or (DEFAULT_CPU_TREE if device == "cpu" else DEFAULT_GPU_TREE)
-    choices = fit_to_heads(preset(name), num_heads)
-    if len(choices) < len(preset(name)):
-        name = f"{name}/depth-{num_heads}"
-    return choices, name
 
 
 def _load_base(path: Path, device: str, dtype_name: str, quant: str):

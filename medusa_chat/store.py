@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 DB_NAME = "history.db"
 SCHEMA_VERSION = 1
 
@@ -69,7 +71,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """The history cannot be read or written (read-only, damaged, newer schema, locked); callers catch it."""
 
 

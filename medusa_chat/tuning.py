@@ -21,30 +21,24 @@ Here the size is chosen by speed, from measurements on the user's own machine, m
    interpolated between measured sizes); then greedy generation with the chosen tree against
    plain decoding on the calibration prompts gives the measured speedup.
 
-The result is saved per model, device and precision under ``data_dir()/trees/`` and read back
-with :func:`tuned_tree`.
+The result is saved per model, device and precision by :func:`medusa_chat.trees.save_tuned`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import platform
-import re
 import statistics
-import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from .engine.generator import GenerationConfig, Generator
-from .engine.tree import TOPK, TreeError, build_tree
-from .paths import data_dir
+from .engine.tree import TOPK, build_tree
 
 RANK_MISS = TOPK
 """The rank recorded when the true token is not among a head's top-k guesses."""
@@ -492,41 +486,3 @@ def tune(
             "machine": platform.machine(),
         },
     }
-
-
-# -- saved trees -------------------------------------------------------------------------------------
-
-
-def tree_path(model: str, device: str, dtype: str) -> Path:
-    """Where the tuned tree of a model on a device and precision is saved."""
-    safe = [re.sub(r"[^A-Za-z0-9._-]+", "_", part).strip("_") or "_" for part in (model, device, dtype)]
-    directory = data_dir() / "trees"
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory / f"{'__'.join(safe)}.json"
-
-
-def save_tuned(report: Mapping) -> Path:
-    """Write a :func:`tune` report where :func:`tuned_tree` finds it (atomically); return the path."""
-    path = tree_path(report["model"], report["device"], report["dtype"])
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
-def tuned_tree(model_name: str, device: str, dtype: str, num_heads: int | None = None) -> list[list[int]] | None:
-    """The saved tuned tree's choices, or None when there is none or it cannot be used (with a warning).
-
-    ``num_heads``, when given, rejects a tree deeper than the heads now loaded.
-    """
-    path = tree_path(model_name, device, dtype)
-    if not path.is_file():
-        return None
-    try:
-        choices = json.loads(path.read_text(encoding="utf-8"))["choices"]
-        build_tree(choices, num_heads=num_heads)
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:  # TreeError is a ValueError
-        reason = str(exc) if isinstance(exc, TreeError) else f"{type(exc).__name__}: {exc}"
-        warnings.warn(f"ignoring the tuned tree in {path}: {reason}; run `medusa-chat tune` again", stacklevel=2)
-        return None
-    return [list(c) for c in choices]

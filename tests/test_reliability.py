@@ -176,7 +176,7 @@ def test_huge_trees_are_refused_quickly():
 
 
 def test_a_tuned_tree_of_thousands_of_nodes_is_ignored_with_a_warning(tiny_model_dir):
-    from medusa_chat.tuning import tree_path, tuned_tree
+    from medusa_chat.trees import tree_path, tuned_tree
 
     paths = [[a, b, c] for a in range(10) for b in range(10) for c in range(10)]
     paths += [[a, b] for a in range(10) for b in range(10)] + [[a] for a in range(10)]

@@ -14,6 +14,7 @@ from medusa_chat.engine.generator import GenerationConfig, Generator
 from medusa_chat.engine.heads_io import save_heads
 from medusa_chat.engine.tree import TOPK
 from medusa_chat.loading import load_model
+from medusa_chat.trees import tuned_tree
 from medusa_chat.tuning import (
     RANK_MISS,
     Calibration,
@@ -25,10 +26,7 @@ from medusa_chat.tuning import (
     measure_step_costs,
     measurement_sizes,
     predicted_speedups,
-    save_tuned,
     smooth_costs,
-    tree_path,
-    tuned_tree,
 )
 from tests.tiny import fit_heads, greedy_sequence, random_heads, tiny_model, tiny_tokenizer, write_tiny_model_dir
 
@@ -111,22 +109,6 @@ def test_a_measured_bump_is_avoided_and_no_tree_beats_plain_when_steps_are_dear(
     choices, speed = build_best_tree(hits, {2: 1.7, 3: 2.0, 4: 1.3, 5: 1.6}, max_depth=2, max_nodes=4)
     assert choices == [[0], [1], [2]] and speed == pytest.approx((1 + 0.5 + 0.4 + 0.3) / 1.3)
     assert build_best_tree(hits, {2: 3.0, 5: 4.0}, max_depth=2, max_nodes=4) == ([], 1.0)
-
-
-def test_saved_tree_round_trips_and_bad_files_are_ignored() -> None:
-    assert tuned_tree("tiny", "cpu", "bf16") is None
-    report = {"model": "org/tiny model", "device": "cpu", "dtype": "bf16", "choices": [[0], [1], [0, 0]]}
-    path = save_tuned(report)
-    assert path == tree_path("org/tiny model", "cpu", "bf16") and path.parent.name == "trees"
-    assert "/" not in path.name and " " not in path.name
-    assert tuned_tree("org/tiny model", "cpu", "bf16") == [[0], [1], [0, 0]]
-    assert tuned_tree("org/tiny model", "cpu", "fp32") is None  # per precision
-    with pytest.warns(UserWarning, match="depth 2"):
-        assert tuned_tree("org/tiny model", "cpu", "bf16", num_heads=1) is None
-    for corrupt in ("{not json", json.dumps({"choices": [[0, 0]]}), json.dumps([1, 2]), "\xff"):
-        path.write_text(corrupt, encoding="latin-1")
-        with pytest.warns(UserWarning, match="ignoring the tuned tree"):
-            assert tuned_tree("org/tiny model", "cpu", "bf16") is None
 
 
 def test_costs_are_measured_at_the_mean_cache_length_of_a_calibration_step() -> None:
