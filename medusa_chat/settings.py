@@ -15,17 +15,35 @@ import math
 import os
 import tempfile
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .engine.config import FIELDS, GenerationConfig, value_problem
+from .errors import UserError
+from .trees import AUTO, TUNED, tree_names, tree_problem
+
 FILE_NAME = "config.toml"
 DEFAULT_THEME = "medusa-dark"
-TREE_AUTO = "auto"
-TREE_TUNED = "tuned"  # the tree `medusa-chat tune` saved for the loaded model, device and precision
+TREE_AUTO = AUTO
+TREE_TUNED = TUNED
+
+GENERATION_FIELDS = (
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "posterior_threshold",
+    "posterior_alpha",
+    "acceptance",
+    "prompt_lookup",
+    "auto_fallback",
+)
+"""The ``GenerationConfig`` fields a user sets: saved under ``[generation]`` (with ``tree``)."""
+_GENERATION_KEYS = (*GENERATION_FIELDS[:3], "tree", *GENERATION_FIELDS[3:])  # the file's order
+_TOP_LEVEL = ("system_prompt", "theme", "medusa", "colour_tokens", "model", "quant")
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError, ValueError):
     """One or more invalid settings; ``errors`` maps field name to a message."""
 
     def __init__(self, errors: dict[str, str]) -> None:
@@ -35,44 +53,43 @@ class SettingsError(ValueError):
 
 @dataclass
 class Settings:
-    """Everything the user can change from the settings form (plus remembered choices)."""
+    """Everything the user can change from the settings form (plus remembered choices).
 
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_new_tokens: int = 512
+    ``generation`` holds the generation settings (``medusa`` is the app's Medusa switch); the file keeps
+    them flat: ``medusa`` at the top level, the others under ``[generation]``.
+    """
+
+    generation: GenerationConfig = field(default_factory=GenerationConfig.for_chat)
     tree: str = TREE_AUTO
-    posterior_threshold: float = 0.09
-    posterior_alpha: float = 0.3
-    acceptance: str = "typical"
-    prompt_lookup: int = 10
-    auto_fallback: bool = True
     system_prompt: str = ""
     theme: str = DEFAULT_THEME
-    medusa: bool = True
     colour_tokens: bool = False
     model: str = ""
     quant: str = ""
     keymap: dict[str, str] = field(default_factory=dict)
 
+    def values(self) -> dict[str, Any]:
+        """Every setting by its name in the file and the form (generation fields included)."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "generation"}
+        return {**own, "medusa": self.generation.medusa, **{k: getattr(self.generation, k) for k in GENERATION_FIELDS}}
+
+    def with_values(self, values: dict[str, Any]) -> Settings:
+        """A copy with ``values`` (already checked by :func:`coerce`) set by name."""
+        generation = {k: v for k, v in values.items() if k in GENERATION_FIELDS or k == "medusa"}
+        own = {k: v for k, v in values.items() if k not in generation}
+        return replace(self, generation=replace(self.generation, **generation), **own)
+
     def validated(self) -> Settings:
         """``self`` if every field is valid, else raises :class:`SettingsError`."""
-        errors = validate(asdict(self))
+        errors = validate(self.values())
         if errors:
             raise SettingsError(errors)
         return self
 
-    def generation_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments for ``GenerationConfig`` (medusa added by the caller)."""
-        return {
-            "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "posterior_threshold": self.posterior_threshold,
-            "posterior_alpha": self.posterior_alpha,
-            "acceptance": self.acceptance,
-            "prompt_lookup": self.prompt_lookup,
-            "auto_fallback": self.auto_fallback,
-        }
+
+def record(config: GenerationConfig) -> dict[str, Any]:
+    """What a stored answer keeps of the settings it was generated with."""
+    return {**{k: getattr(config, k) for k in GENERATION_FIELDS}, "medusa": config.medusa}
 
 
 def _number(value: Any, kind: type) -> float | int:
@@ -93,31 +110,16 @@ def _number(value: Any, kind: type) -> float | int:
     return number
 
 
-_RANGES: dict[str, tuple[type, float, float, str]] = {
-    "temperature": (float, 0.0, 2.0, "between 0 and 2 (0 = greedy)"),
-    "top_p": (float, 1e-9, 1.0, "in (0, 1]"),
-    "max_new_tokens": (int, 1, 32768, "between 1 and 32768"),
-    "posterior_threshold": (float, 0.0, 1.0, "between 0 and 1"),
-    "posterior_alpha": (float, 0.0, 1.0, "between 0 and 1"),
-    "prompt_lookup": (int, 0, 64, "between 0 (off) and 64"),
-}
-
-
 def coerce(name: str, value: Any) -> Any:
     """Parse one field from form text or TOML into its type; raises ValueError with a user message."""
-    if name in _RANGES:
-        kind, low, high, text = _RANGES[name]
-        number = _number(value, kind)
-        if not low <= number <= high:
-            raise ValueError(f"must be {text}")
-        return number
-    if name == "acceptance":
-        from .engine.config import ACCEPTANCE_MODES
-
-        if value not in ACCEPTANCE_MODES:
-            raise ValueError(f"must be one of {', '.join(ACCEPTANCE_MODES)}")
+    if name in GENERATION_FIELDS or name == "medusa":
+        bounds = FIELDS[name].metadata.get("bounds")
+        if bounds is not None:
+            value = _number(value, bounds.kind)
+        if problem := value_problem(name, value):
+            raise ValueError(problem)
         return value
-    if name in ("medusa", "colour_tokens", "auto_fallback"):
+    if name == "colour_tokens":
         if not isinstance(value, bool):
             raise ValueError("must be true or false")
         return value
@@ -129,7 +131,7 @@ def coerce(name: str, value: Any) -> Any:
         raise ValueError("must be text")
     if name == "tree":
         value = value.strip() or TREE_AUTO
-        if value not in (TREE_AUTO, TREE_TUNED) and not _tree_known(value):
+        if tree_problem(value):
             raise ValueError(f"unknown tree {value!r}")
     if name == "theme" and not value.strip():
         raise ValueError("must not be empty")
@@ -138,36 +140,15 @@ def coerce(name: str, value: Any) -> Any:
     return value
 
 
-def _tree_known(name: str) -> bool:
-    """A preset name, or a name the presets module builds (e.g. ``chain-4``)."""
-    try:
-        from .engine.presets import PRESETS, preset
-    except Exception:  # pragma: no cover - presets always ship
-        return True
-    if name in PRESETS:
-        return True
-    try:
-        preset(name)
-    except Exception:
-        return False
-    return True
-
-
 def tree_choices() -> list[str]:
     """Tree names the form offers: auto (the model's default), tuned (this machine's), then the presets."""
-    try:
-        from .engine.presets import PRESETS
-
-        names = list(PRESETS)
-    except Exception:  # pragma: no cover
-        names = []
-    return [TREE_AUTO, TREE_TUNED, *names]
+    return tree_names()
 
 
 def validate(values: dict[str, Any]) -> dict[str, str]:
     """Messages for every invalid field in ``values`` (empty when all are valid)."""
     errors: dict[str, str] = {}
-    names = {f.name for f in fields(Settings)}
+    names = set(Settings().values())
     for name, value in values.items():
         if name not in names:
             continue
@@ -189,7 +170,7 @@ def parse_form(current: Settings, values: dict[str, Any]) -> Settings:
             errors[name] = str(exc)
     if errors:
         raise SettingsError(errors)
-    return replace(current, **parsed)
+    return current.with_values(parsed)
 
 
 def settings_path() -> Path:
@@ -219,17 +200,17 @@ def load(path: Path | None = None) -> tuple[Settings, list[str]]:
             flat.update(value)
         else:
             flat[key] = value
-    settings = Settings()
-    names = {f.name for f in fields(Settings)}
+    names = set(Settings().values())
+    good: dict[str, Any] = {}
     for key, value in flat.items():
         if key not in names:
             problems.append(f"{path}: unknown setting {key!r} ignored (kept in the file)")
             continue
         try:
-            setattr(settings, key, coerce(key, value))
+            good[key] = coerce(key, value)
         except ValueError as exc:
             problems.append(f"{path}: {key} {exc}; using the default")
-    return settings, problems
+    return Settings().with_values(good), problems
 
 
 def _parse(raw: bytes) -> dict[str, Any]:
@@ -263,19 +244,6 @@ def backup_file(path: Path) -> Path:
     raise OSError(f"too many backups of {path}")
 
 
-_GENERATION_KEYS = (
-    "temperature",
-    "top_p",
-    "max_new_tokens",
-    "tree",
-    "posterior_threshold",
-    "posterior_alpha",
-    "acceptance",
-    "prompt_lookup",
-    "auto_fallback",
-)
-
-
 def save(settings: Settings, path: Path | None = None) -> Path:
     """Write ``settings`` atomically (temporary file + rename) and return the path.
 
@@ -283,9 +251,12 @@ def save(settings: Settings, path: Path | None = None) -> Path:
     first (:func:`backup_file`); one that cannot be read at all is not replaced (OSError).
     """
     path = path or settings_path()
-    data = asdict(settings)
-    top = {k: v for k, v in data.items() if k not in _GENERATION_KEYS and k != "keymap"}
-    ours = {**top, "generation": {k: data[k] for k in _GENERATION_KEYS}, "keymap": data["keymap"]}
+    data = settings.values()
+    ours = {
+        **{k: data[k] for k in _TOP_LEVEL},
+        "generation": {k: data[k] for k in _GENERATION_KEYS},
+        "keymap": data["keymap"],
+    }
     doc = _merge_unknown(ours, _existing(path))
     text = "# medusa-chat settings (written by the app; edit freely)\n" + dumps(doc)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -310,7 +281,7 @@ def _existing(path: Path) -> dict[str, Any]:
 
 def _merge_unknown(ours: dict[str, Any], existing: dict[str, Any]) -> dict[str, Any]:
     """``ours`` plus every key of ``existing`` that is not a setting (top level and in ``[generation]``)."""
-    known = {f.name for f in fields(Settings)} | {"generation"}
+    known = set(Settings().values()) | {"generation"}
     doc = {**ours, **{k: v for k, v in existing.items() if k not in known}}
     generation = existing.get("generation")
     if isinstance(generation, dict):

@@ -1,3 +1,4 @@
+import inspect
 import tomllib
 
 import pytest
@@ -5,12 +6,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from medusa_chat import settings as s
+from medusa_chat.engine.config import GenerationConfig
 
 
 def test_defaults_round_trip(tmp_path):
     path = tmp_path / "config.toml"
-    saved = s.Settings(temperature=0.7, top_p=0.9, max_new_tokens=64, tree="cpu_8", system_prompt='Say "hi"\n\tok',
-                       theme="medusa-light", medusa=False, keymap={"chat.compare": "f5"})
+    generation = GenerationConfig.for_chat(temperature=0.7, top_p=0.9, max_new_tokens=64, medusa=False)
+    saved = s.Settings(generation, tree="cpu_8", system_prompt='Say "hi"\n\tok', theme="medusa-light",
+                       keymap={"chat.compare": "f5"})
     s.save(saved, path)
     loaded, problems = s.load(path)
     assert problems == []
@@ -49,7 +52,7 @@ def test_invalid_values_are_rejected(field, value, message):
 
 def test_form_parses_text():
     new = s.parse_form(s.Settings(), {"temperature": "0.5", "max_new_tokens": "100", "tree": "cpu_8"})
-    assert (new.temperature, new.max_new_tokens, new.tree) == (0.5, 100, "cpu_8")
+    assert (new.generation.temperature, new.generation.max_new_tokens, new.tree) == (0.5, 100, "cpu_8")
 
 
 def test_bad_file_falls_back_to_defaults(tmp_path):
@@ -59,7 +62,7 @@ def test_bad_file_falls_back_to_defaults(tmp_path):
     assert settings == s.Settings() and problems
     path.write_text('theme = "medusa-light"\nbogus = 1\n[generation]\ntemperature = 9.0\n')
     settings, problems = s.load(path)
-    assert settings.theme == "medusa-light" and settings.temperature == 0.0
+    assert settings.theme == "medusa-light" and settings.generation.temperature == 0.0
     assert any("bogus" in p for p in problems) and any("temperature" in p for p in problems)
 
 
@@ -70,11 +73,10 @@ def test_toml_writer_round_trips_any_text(text, keymap):
 
 
 def test_engine_options_are_validated_and_reach_the_generation_config():
-    from medusa_chat.engine.config import GenerationConfig
     from medusa_chat.settings import Settings, SettingsError, parse_form
 
     new = parse_form(Settings(), {"acceptance": "exact", "prompt_lookup": "4", "auto_fallback": False})
-    config = GenerationConfig(**new.generation_kwargs(), medusa=True)
+    config = new.generation
     assert (config.acceptance, config.prompt_lookup, config.auto_fallback) == ("exact", 4, False)
     with pytest.raises(SettingsError) as caught:
         parse_form(Settings(), {"acceptance": "nucleus", "prompt_lookup": "-1"})
@@ -119,8 +121,8 @@ def test_save_keeps_unknown_keys_and_tables(tmp_path):
     )
     settings, problems = s.load(path)
     assert any("future_option" in p for p in problems)
-    assert settings.temperature == 0.5 and settings.theme == "medusa-light"
-    s.save(s.Settings(theme="medusa-dark", temperature=0.2), path)
+    assert settings.generation.temperature == 0.5 and settings.theme == "medusa-light"
+    s.save(s.Settings(GenerationConfig.for_chat(temperature=0.2), theme="medusa-dark"), path)
     data = tomllib.loads(path.read_text())
     assert data["future_option"] == "on" and data["when"].year == 2024
     assert data["generation"]["min_p"] == 0.05 and data["generation"]["temperature"] == 0.2
@@ -138,3 +140,28 @@ def test_an_unreadable_file_is_not_overwritten(tmp_path):
     with pytest.raises(OSError, match="not overwriting"):
         s.save(s.Settings(), path)
     assert path.is_dir()
+
+
+def test_the_form_and_the_file_read_the_generation_config_s_own_ranges():
+    from medusa_chat.engine.config import FIELDS
+    from medusa_chat.tui.screens.settings import NUMBER_FIELDS, hint
+
+    for name, _, note in NUMBER_FIELDS:
+        bounds = FIELDS[name].metadata["bounds"]
+        assert bounds.text in hint(name, note)
+        too_big = str(bounds.high + 1)
+        with pytest.raises(s.SettingsError) as caught:
+            s.parse_form(s.Settings(), {name: too_big})
+        assert caught.value.errors[name] == f"must be {bounds.text}"
+        with pytest.raises(ValueError, match=name):
+            GenerationConfig(**{name: bounds.kind(bounds.high + 1)})
+
+
+def test_the_app_and_generate_share_one_set_of_defaults():
+    from medusa_chat.cli.generate import generate
+
+    chat = GenerationConfig.for_chat()
+    assert s.Settings().generation == chat and (chat.prompt_lookup, chat.auto_fallback) == (10, True)
+    defaults = {p.name: p.default for p in inspect.signature(generate).parameters.values()}
+    assert (defaults["lookup"], defaults["auto_fallback"]) == (chat.prompt_lookup, chat.auto_fallback)
+    assert (defaults["temperature"], defaults["top_p"]) == (chat.temperature, chat.top_p)

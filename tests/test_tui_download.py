@@ -8,12 +8,13 @@ import json
 import pytest
 
 from medusa_chat import settings as settings_mod
+from medusa_chat.engine.config import GenerationConfig
 from medusa_chat.store import Store
 from medusa_chat.tui.app import MedusaChatApp
-from medusa_chat.tui.engine import default_engine_factory
-from medusa_chat.tui.testing import wait_idle, wait_loaded, wait_until
+from medusa_chat.tui.session import default_engine_factory
 from medusa_chat.tui.widgets.prompt import PromptInput
 from tests.hub_server import FakeHub
+from tests.pilot import wait_idle, wait_loaded, wait_until
 
 
 @pytest.fixture
@@ -50,9 +51,9 @@ def select_row(screen, name: str) -> None:
 
 
 def test_download_with_progress_then_load(hub, tiny_model_dir, tmp_path):
+    settings = settings_mod.Settings(GenerationConfig.for_chat(max_new_tokens=8))
     app = MedusaChatApp(model=str(tiny_model_dir), engine_factory=default_engine_factory,
-                        store=Store(tmp_path / "h.db"), settings=settings_mod.Settings(max_new_tokens=8),
-                        persist_settings=False)
+                        store=Store(tmp_path / "h.db"), settings=settings, persist_settings=False)
 
     async def scenario(pilot):
         await wait_loaded(pilot)

@@ -8,13 +8,14 @@ import time
 import pytest
 
 from medusa_chat import settings as settings_mod
+from medusa_chat.engine.config import GenerationConfig
 from medusa_chat.store import Store
 from medusa_chat.tui.app import MedusaChatApp
-from medusa_chat.tui.engine import LoadRequest, default_engine_factory
 from medusa_chat.tui.screens import models as models_screen
-from medusa_chat.tui.testing import wait_idle, wait_loaded, wait_until
+from medusa_chat.tui.session import LoadRequest, default_engine_factory
 from medusa_chat.tui.widgets.message import MessageView
 from medusa_chat.tui.widgets.prompt import PromptInput
+from tests.pilot import wait_idle, wait_loaded, wait_until
 
 SIZE = (100, 32)
 
@@ -28,7 +29,7 @@ def run(app: MedusaChatApp, scenario) -> None:
 
 
 def make_app(tmp_path, model_dir, *, max_new_tokens=24, factory=None, **kwargs) -> MedusaChatApp:
-    settings = settings_mod.Settings(max_new_tokens=max_new_tokens)
+    settings = settings_mod.Settings(GenerationConfig.for_chat(max_new_tokens=max_new_tokens))
     return MedusaChatApp(
         model=str(model_dir),
         engine_factory=factory or default_engine_factory,
@@ -128,7 +129,7 @@ def test_escape_stops_and_next_prompt_works(tmp_path, tiny_model_dir):
         assert "stopped" in str(answer.query_one(".message--stats").render())
         await wait_idle(pilot)
         assert answer.content == partial  # kept as it was when stopped
-        app.settings.max_new_tokens = 5
+        app.settings.generation.max_new_tokens = 5
         await send(pilot, "short one")
         await wait_idle(pilot)
         _first, second = answers(app)
@@ -258,7 +259,7 @@ def test_settings_validation_and_persistence(tmp_path, tiny_model_dir):
         assert pilot.app.screen is screen  # not saved
         assert "between 0 and 2" in str(screen.query_one("#error-temperature").render())
         assert "(0, 1]" in str(screen.query_one("#error-top_p").render())
-        assert settings_mod.load()[0].temperature == 0.0  # nothing invalid was written
+        assert settings_mod.load()[0].generation.temperature == 0.0  # nothing invalid was written
         screen.query_one("#field-temperature").value = "0"
         screen.query_one("#field-top_p").value = "1"
         screen.query_one("#field-max_new_tokens").value = "12"
@@ -275,6 +276,6 @@ def test_settings_validation_and_persistence(tmp_path, tiny_model_dir):
     run(app, scenario)
     saved, problems = settings_mod.load()
     assert problems == []
-    assert (saved.max_new_tokens, saved.theme, saved.system_prompt) == (12, "medusa-light", "You are terse.")
+    assert (saved.generation.max_new_tokens, saved.theme, saved.system_prompt) == (12, "medusa-light", "You are terse.")
     conv = Store(tmp_path / "history.db").list_conversations()[0]
     assert conv.system_prompt == "You are terse."

@@ -13,12 +13,13 @@ from medusa_chat import settings as settings_mod
 from medusa_chat.engine.events import GenerationStats, StepEvent
 from medusa_chat.store import Store, StoredMessage
 from medusa_chat.tui.app import MedusaChatApp
-from medusa_chat.tui.engine import Gauges, ScriptedModel, scripted_factory, summary_lines
 from medusa_chat.tui.screens import models as models_screen
-from medusa_chat.tui.testing import wait_idle, wait_loaded, wait_until
+from medusa_chat.tui.stats import Gauges, summary_lines
 from medusa_chat.tui.widgets.gauges import GaugeBar, gauge_parts, pack
 from medusa_chat.tui.widgets.message import MessageView, chat_markdown
 from medusa_chat.tui.widgets.prompt import PromptInput
+from tests.fakes import ScriptedModel, scripted_factory
+from tests.pilot import wait_idle, wait_loaded, wait_until
 
 
 def make_app(tmp_path, model=None, factory=None, **kwargs) -> MedusaChatApp:

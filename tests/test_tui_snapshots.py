@@ -9,9 +9,9 @@ import pytest
 
 from medusa_chat.store import Store, StoredMessage
 from medusa_chat.tui.app import MedusaChatApp
-from medusa_chat.tui.engine import ScriptedModel, scripted_factory
 from medusa_chat.tui.screens import models as models_screen
-from medusa_chat.tui.testing import quiet, wait_idle, wait_loaded, wait_until
+from tests.fakes import ScriptedModel, scripted_factory
+from tests.pilot import quiet, wait_idle, wait_loaded, wait_until
 
 SIZE = (100, 32)
 

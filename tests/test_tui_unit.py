@@ -9,13 +9,15 @@ import pytest
 from medusa_chat import settings as settings_mod
 from medusa_chat.engine.events import StepEvent
 from medusa_chat.store import Store
-from medusa_chat.tui.app import MedusaChatApp, describe_error
-from medusa_chat.tui.engine import Gauges, ScriptedModel, scripted_factory, sparkline, token_segments
+from medusa_chat.tui.app import MedusaChatApp
 from medusa_chat.tui.screens.help import binding_rows
-from medusa_chat.tui.testing import wait_idle, wait_loaded, wait_until
+from medusa_chat.tui.session import describe_error, token_segments
+from medusa_chat.tui.stats import Gauges, sparkline
 from medusa_chat.tui.themes import builtin_themes
 from medusa_chat.tui.widgets.message import MessageView, code_blocks
 from medusa_chat.tui.widgets.prompt import PromptInput
+from tests.fakes import ScriptedModel, scripted_factory
+from tests.pilot import wait_idle, wait_loaded, wait_until
 
 
 def run(app, scenario, size=(100, 32)):

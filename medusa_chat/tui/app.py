@@ -21,13 +21,16 @@ from textual.message import Message
 from textual.screen import Screen
 
 from .. import settings as settings_mod
+from ..default_model import NAME as DEFAULT_MODEL
+from ..engine.choices import TreeError
+from ..engine.config import GenerationConfig
 from ..settings import DEFAULT_THEME, Settings
 from ..store import Store, StoreError, export_markdown
-from .engine import EngineFactory, LoadedLike, LoadRequest, check_request, default_engine_factory
+from ..trees import AUTO, resolve_tree
 from .screens.chat import ChatScreen
+from .session import EngineFactory, LoadedLike, LoadRequest, check_request, default_engine_factory, describe_error
 from .themes import builtin_themes, user_themes
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 HISTORY_ERRORS: tuple[type[BaseException], ...] = (StoreError, sqlite3.Error, OSError)
 T = TypeVar("T")
 
@@ -55,32 +58,6 @@ class ModelLoadFailed(Message):
         self.seq = seq
         self.request = request
         self.error = error
-
-
-def describe_error(exc: BaseException) -> str:
-    """A short, actionable message for a load or download failure."""
-    name = type(exc).__name__
-    text = str(exc).strip() or name
-    if name == "GatedRepoError":
-        return (
-            "This repository is gated: accept its licence on huggingface.co and log in "
-            "(`hf auth login` or HF_TOKEN), then try again."
-        )
-    if name in ("OfflineError", "LocalEntryNotFoundError", "OfflineModeIsEnabled") or "offline" in text.lower():
-        return f"Offline and not in the cache: connect to the network or pick a cached model. ({text})"
-    if name == "DiskFullError":
-        return text
-    if name in ("RepositoryNotFoundError", "RepoNotFound", "RevisionNotFound"):
-        return f"Repository not found on the Hub (or private): {text}"
-    if name in ("ConnectionError", "ConnectTimeout", "ReadTimeout", "TimeoutError"):
-        return f"Network error: {text}"
-    if name == "OutOfMemoryError" or "out of memory" in text.lower():
-        return "Out of memory: try a smaller precision (4-bit/8-bit) or a smaller model."
-    if name in ("LoadError", "CatalogError", "HeadsError", "TreeError", "DefaultModelError", "OptionError"):
-        return text
-    if isinstance(exc, ImportError):
-        return f"A package is missing: {text}"
-    return f"{name}: {text}"
 
 
 class MedusaChatApp(App[None]):
@@ -130,12 +107,12 @@ class MedusaChatApp(App[None]):
         self.start_request = LoadRequest(
             model=model or settings.model or DEFAULT_MODEL,
             quant=quant if quant is not None else (settings.quant or None),
-            tree=tree or (settings.tree if settings.tree != settings_mod.TREE_AUTO else None),
+            tree=tree or (settings.tree if settings.tree != AUTO else None),
             dtype=dtype,
             heads=heads,
         )
         self.requested_theme = theme
-        self.medusa = settings.medusa
+        self.medusa = settings.generation.medusa
         self.colour_tokens = settings.colour_tokens
         self.loaded: LoadedLike | None = None
         self.baseline_tps: float | None = None
@@ -257,30 +234,20 @@ class MedusaChatApp(App[None]):
             self._set_tree(tree)
 
     def _set_tree(self, tree: str) -> None:
-        if self.loaded is None:
+        m = self.loaded
+        if m is None:
             return
-        name = tree
-        if tree == settings_mod.TREE_AUTO:
-            spec = getattr(self.loaded, "spec", None)
-            name = getattr(spec, "default_tree", None) or getattr(self.loaded.generator, "tree_name", "") or "cpu_8"
         try:
-            if tree == settings_mod.TREE_TUNED:
-                from ..tuning import tuned_tree
-
-                m = self.loaded
-                choices = tuned_tree(m.name, m.device, m.dtype, getattr(m, "num_heads", None))
-                if choices is None:
-                    self.notify(
-                        f"No tuned tree for {m.name} on {m.device} {m.dtype}: run `medusa-chat tune --model {m.name}`.",
-                        severity="warning",
-                    )
-                    return
-                self.loaded.generator.set_tree(choices, name="tuned")
-            else:
-                self.loaded.generator.set_tree(name)
-            self.notify(f"Tree: {self.loaded.generator.tree_name}")
-        except Exception as exc:
-            self.notify(f"Cannot use tree {name!r}: {exc}", severity="error")
+            chosen = resolve_tree(
+                tree, model=m.name, device=m.device, dtype=m.dtype, num_heads=m.num_heads, default=m.default_tree
+            )
+            m.generator.set_tree(chosen.choices, name=chosen.name)
+        except TreeError as exc:
+            self.notify(f"Cannot use tree {tree!r}: {exc}", severity="error")
+            return
+        if chosen.note:
+            self.notify(chosen.note, severity="warning")
+        self.notify(f"Tree: {m.generator.tree_name}")
 
     # --- status -----------------------------------------------------------------------------------
 
@@ -298,17 +265,19 @@ class MedusaChatApp(App[None]):
         if self.loaded is None:
             return "No model loaded · ctrl+o to pick a model"
         m = self.loaded
-        heads = f"{m.num_heads} heads" if getattr(m, "num_heads", 0) else "no heads"
-        tree = getattr(m.generator, "tree_name", None) or m.tree_name
-        return f"{m.name} · {m.device} {m.dtype} · {heads} · tree {tree} · Medusa {'ON' if self.medusa else 'OFF'}"
+        heads = f"{m.num_heads} heads" if m.num_heads else "no heads"
+        medusa = "ON" if self.medusa else "OFF"
+        return f"{m.name} · {m.device} {m.dtype} · {heads} · tree {m.generator.tree_name} · Medusa {medusa}"
 
     def refresh_chat(self) -> None:
         self.sub_title = self.subtitle()
         if self.chat_screen is not None and self.chat_screen.is_mounted:
             self.chat_screen.refresh_status()
 
-    def generation_kwargs(self, *, medusa: bool) -> dict[str, Any]:
-        return {**self.settings.generation_kwargs(), "medusa": medusa}
+    def generation_config(self, *, medusa: bool) -> GenerationConfig:
+        """The settings' generation config, with the loaded model's stop strings."""
+        stop = self.loaded.stop_strings if self.loaded is not None else ()
+        return replace(self.settings.generation, medusa=medusa, stop_strings=tuple(stop))
 
     # --- model loading ----------------------------------------------------------------------------
 
@@ -349,7 +318,7 @@ class MedusaChatApp(App[None]):
         if message.seq != self._load_seq:
             return
         previous, self.loaded = self.loaded, message.loaded
-        if previous is not None and previous is not message.loaded and hasattr(previous, "unload"):
+        if previous is not None and previous is not message.loaded :
             chat = self.chat_screen
             if chat is None or not chat.busy:
                 with contextlib.suppress(Exception):
@@ -357,15 +326,15 @@ class MedusaChatApp(App[None]):
         self.baseline_tps = message.baseline if message.baseline and message.baseline > 0 else None
         self.loading = self.measuring = False
         self.load_error = None
-        if self.settings.tree != settings_mod.TREE_AUTO and message.request.tree is None:
+        if self.settings.tree != AUTO and message.request.tree is None:
             self.request_tree(self.settings.tree)
         if self.settings.model != message.request.model or (self.settings.quant or None) != message.request.quant:
             self.settings.model = message.request.model
             self.settings.quant = message.request.quant or ""
             self.save_settings()
-        for note in getattr(self.loaded, "notes", []) or []:
-            self.notify(str(note), severity="warning", timeout=8)
-        if not getattr(self.loaded.generator, "has_heads", True) and self.medusa:
+        for note in self.loaded.notes:
+            self.notify(note, severity="warning", timeout=8)
+        if not self.loaded.generator.has_heads and self.medusa:
             self.notify("This model has no Medusa heads: decoding is plain.", severity="warning")
         self.refresh_chat()
         if self.chat_screen is not None:
@@ -386,9 +355,9 @@ class MedusaChatApp(App[None]):
 
     def action_toggle_medusa(self) -> None:
         self.medusa = not self.medusa
-        self.settings.medusa = self.medusa
+        self.settings.generation.medusa = self.medusa
         self.save_settings()
-        note = "" if self.loaded is None or getattr(self.loaded.generator, "has_heads", True) else " (no heads)"
+        note = "" if self.loaded is None or self.loaded.generator.has_heads else " (no heads)"
         self.notify(f"Medusa {'ON' if self.medusa else 'OFF'}{note}", timeout=2)
         self.refresh_chat()
 
@@ -412,7 +381,11 @@ class MedusaChatApp(App[None]):
     def action_settings(self) -> None:
         from .screens.settings import SettingsScreen
 
-        self.push_screen(SettingsScreen(self.settings, sorted(self.available_themes)))
+        def done(new: Settings | None) -> None:
+            if new is not None:
+                self.apply_settings(new)
+
+        self.push_screen(SettingsScreen(self.settings, sorted(self.available_themes)), done)
 
     def action_history(self) -> None:
         from .screens.history import HistoryScreen

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import on, work
@@ -15,9 +15,13 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Header, Static
 
+from ...engine.config import GenerationConfig
 from ...engine.events import GenerationStats, StepEvent
+from ...errors import UserError
+from ...settings import record
 from ...store import StoredMessage
-from ..engine import Gauges, generation_config, is_context_error, token_segments
+from ..session import token_segments
+from ..stats import Gauges
 from ..widgets.footer import ChatFooter
 from ..widgets.gauges import GaugeBar
 from ..widgets.message import MessageView, code_blocks
@@ -269,10 +273,10 @@ class ChatScreen(Screen):
         await self._add_view(job.view)
         job.view.start_stream()
         self.refresh_status()
-        self._generate(job, self._messages(), self.chat_app.generation_kwargs(medusa=job.gauges.medusa))
+        self._generate(job, self._messages(), self.chat_app.generation_config(medusa=job.gauges.medusa))
 
     @work(thread=True, exclusive=False, group="generate", exit_on_error=False)
-    def _generate(self, job: Job, messages: list[dict[str, str]], kwargs: dict[str, Any]) -> None:
+    def _generate(self, job: Job, messages: list[dict[str, str]], config: GenerationConfig) -> None:
         """Worker thread: runs the engine and hands its events to the UI through ``job.queue``.
 
         Coalescing: one ``Drain`` message is in flight at a time; the UI drains everything queued
@@ -282,9 +286,8 @@ class ChatScreen(Screen):
         try:
             assert loaded is not None
             ids = loaded.chat_ids(messages)
-            config = generation_config(loaded, **kwargs)
             for item in loaded.generator.stream(ids, config, job.cancel):
-                segments = token_segments(loaded, item) if isinstance(item, StepEvent) else []
+                segments = token_segments(loaded.tokenizer, item) if isinstance(item, StepEvent) else []
                 job.queue.append((item, segments))
                 if not job.wake_pending:
                     job.wake_pending = True
@@ -346,10 +349,8 @@ class ChatScreen(Screen):
         await self._drain(job)
         job.done = True
         error = message.error
-        if is_context_error(error):
-            text = "The conversation no longer fits the model's context: start a new chat (ctrl+n)."
-        else:
-            text = f"Generation failed: {type(error).__name__}: {error}"
+        # A user error (the conversation outgrew the context...) says what to do; anything else is a bug.
+        text = str(error) if isinstance(error, UserError) else f"Generation failed: {type(error).__name__}: {error}"
         self.chat_app.notify(text, title="Generation error", severity="error", timeout=10)
         if not job.stopped and job.view is not None:
             if job.view.content:
@@ -372,7 +373,7 @@ class ChatScreen(Screen):
             "assistant",
             job.view.content,
             model=job.view.model,
-            settings=self.chat_app.generation_kwargs(medusa=job.gauges.medusa),
+            settings=record(self.chat_app.generation_config(medusa=job.gauges.medusa)),
             stats=job.gauges.as_dict(),
             stopped=stopped,
         )
@@ -559,19 +560,19 @@ class ChatScreen(Screen):
         self.job = Job(self._job_seq, None, Gauges(medusa=True, baseline_tps=app.baseline_tps))
         self.compare_running = True
         self.query_one("#status", Static).update("Comparing: plain decoding (Medusa off)… Esc cancels")
-        self._compare(self.job, messages, app.generation_kwargs(medusa=False))
+        self._compare(self.job, messages, app.generation_config(medusa=False))
 
     @work(thread=True, group="generate", exit_on_error=False)
-    def _compare(self, job: Job, messages: list[dict[str, str]], kwargs: dict[str, Any]) -> None:
+    def _compare(self, job: Job, messages: list[dict[str, str]], config: GenerationConfig) -> None:
         loaded = self.chat_app.loaded
         try:
             assert loaded is not None
             ids = loaded.chat_ids(messages)
-            plain = loaded.generator.generate(ids, generation_config(loaded, **kwargs), job.cancel)
+            plain = loaded.generator.generate(ids, config, job.cancel)
             self.post_message(CompareProgress(job.id, "Comparing: Medusa decoding (Medusa on)… Esc cancels"))
             # Compare measures Medusa itself: no automatic fallback in its Medusa run.
-            medusa_kwargs = {**kwargs, "medusa": True, "auto_fallback": False}
-            medusa = loaded.generator.generate(ids, generation_config(loaded, **medusa_kwargs), job.cancel)
+            medusa_config = replace(config, medusa=True, auto_fallback=False)
+            medusa = loaded.generator.generate(ids, medusa_config, job.cancel)
             if job.cancel.is_set():
                 self.post_message(CompareDone(job.id, None))
                 return

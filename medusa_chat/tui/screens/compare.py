@@ -11,7 +11,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Markdown, Static
 
 from ...engine.events import GenerationStats
-from ..engine import plural
+from ..stats import plural
 from ..widgets.message import chat_markdown
 
 if TYPE_CHECKING:

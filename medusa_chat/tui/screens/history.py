@@ -13,7 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Static
 
 from ...store import Conversation
-from ..engine import plural
+from ..stats import plural
 from .dialogs import Confirm, TextPrompt
 
 if TYPE_CHECKING:

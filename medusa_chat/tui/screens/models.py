@@ -23,7 +23,7 @@ from textual.widgets import Button, DataTable, Footer, Input, ProgressBar, Selec
 
 from ...memory import bytes_needed
 from ...units import human_bytes, human_duration
-from ..engine import LoadRequest
+from ..session import LoadRequest, describe_error
 
 if TYPE_CHECKING:
     from ..app import MedusaChatApp
@@ -143,7 +143,7 @@ def scan_catalog() -> list[Row]:
         hub = None
     rows = []
     for spec in specs.values():
-        state, size = "unknown", int(getattr(spec, "download_size", 0) or 0)
+        state, size = "unknown", spec.download_size
         if hub is not None:
             try:
                 cached = hub.cached_state(spec)
@@ -159,8 +159,7 @@ def scan_catalog() -> list[Row]:
                     state = "not downloaded"
             except Exception as exc:
                 state = f"error: {exc}"
-        rows.append(Row(spec.name, spec.label, state, size, int(getattr(spec, "params", 0) or 0), spec,
-                        getattr(spec, "note", "")))
+        rows.append(Row(spec.name, spec.label, state, size, spec.params, spec, spec.note))
     return rows
 
 
@@ -407,19 +406,14 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
     @on(DownloadProgressed)
     def _progressed(self, message: DownloadProgressed) -> None:
         p = message.progress
-        total = getattr(p, "total", 0) or None
-        done = getattr(p, "downloaded", 0)
-        self.query_one("#download-bar", ProgressBar).update(total=total, progress=done)
-        rate = getattr(p, "rate", 0.0)
+        self.query_one("#download-bar", ProgressBar).update(total=p.total or None, progress=p.downloaded)
         self.query_one("#download-label", Static).update(
-            f"{message.name}: {human_bytes(done)} / {human_bytes(total or 0)} · {human_bytes(rate)}/s · "
-            f"ETA {human_duration(getattr(p, 'eta', None))} · {getattr(p, 'filename', '')}"
+            f"{message.name}: {human_bytes(p.downloaded)} / {human_bytes(p.total)} · {human_bytes(p.rate)}/s · "
+            f"ETA {human_duration(p.eta)} · {p.filename}"
         )
 
     def download_failure(self, name: str, error: BaseException) -> str:
         """Why a download failed, and what is usable now (the packaged default counts)."""
-        from ..app import describe_error
-
         offline = type(error).__name__ in ("OfflineError", "LocalEntryNotFoundError", "OfflineModeIsEnabled")
         if not offline:
             return f"Download of {name} failed: {describe_error(error)}"

@@ -6,7 +6,7 @@ nothing is saved until all are valid.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from textual import on
 from textual.app import ComposeResult
@@ -15,27 +15,32 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Input, Label, Select, Static, Switch, TextArea
 
+from ...engine.config import ACCEPTANCE_MODES, FIELDS
 from ...settings import Settings, SettingsError, parse_form, tree_choices
 
-if TYPE_CHECKING:
-    from ..app import MedusaChatApp
-
 NUMBER_FIELDS: list[tuple[str, str, str]] = [
-    ("temperature", "Temperature", "0 = greedy (lossless Medusa); up to 2"),
-    ("top_p", "Top-p", "nucleus sampling, in (0, 1]"),
-    ("max_new_tokens", "Max new tokens", "1 – 32768"),
-    ("posterior_threshold", "Typical: threshold ε", "typical acceptance, 0 – 1 (sampling only)"),
-    ("posterior_alpha", "Typical: alpha δ", "typical acceptance, 0 – 1 (sampling only)"),
-    ("prompt_lookup", "Prompt lookup", "tokens copied from the context into each tree; 0 = off"),
+    ("temperature", "Temperature", ""),
+    ("top_p", "Top-p", ""),
+    ("max_new_tokens", "Max new tokens", ""),
+    ("posterior_threshold", "Typical: threshold ε", "sampling only"),
+    ("posterior_alpha", "Typical: alpha δ", "sampling only"),
+    ("prompt_lookup", "Prompt lookup", "tokens"),
 ]
-ACCEPTANCE_CHOICES = [
-    ("typical (fast, approximate)", "typical"),
-    ("exact (lossless sampling)", "exact"),
-]
+"""(field, label, note): the hint is the note and the field's range, read from ``GenerationConfig``."""
+ACCEPTANCE_LABELS = {"typical": "typical (fast, approximate)", "exact": "exact (lossless sampling)"}
+
+
+def hint(name: str, note: str) -> str:
+    """A number field's hint: its note, then its range."""
+    text = FIELDS[name].metadata["bounds"].text
+    return f"{note}; {text}" if note else text
 
 
 class SettingsScreen(ModalScreen[Settings | None]):
-    """Dismisses with the new (validated, saved) Settings, or None when cancelled. Opens on the first field."""
+    """Dismisses with the new (validated) Settings for the app to apply, or None when cancelled.
+
+    Opens on the first field.
+    """
 
     AUTO_FOCUS = "#field-temperature"
 
@@ -56,11 +61,11 @@ class SettingsScreen(ModalScreen[Settings | None]):
         with Vertical(id="settings-dialog"):
             yield Static("Settings", id="settings-title")
             with VerticalScroll(id="settings-form"):
-                for name, label, hint in NUMBER_FIELDS:
+                for name, label, note in NUMBER_FIELDS:
                     with Horizontal(classes="field"):
                         yield Label(label, classes="field-label")
-                        yield Input(str(getattr(s, name)), id=f"field-{name}", classes="field-input")
-                        yield Static(hint, classes="field-hint")
+                        yield Input(str(getattr(s.generation, name)), id=f"field-{name}", classes="field-input")
+                        yield Static(hint(name, note), classes="field-hint")
                     yield Static("", id=f"error-{name}", classes="field-error")
                 trees = tree_choices()
                 if s.tree not in trees:
@@ -72,12 +77,13 @@ class SettingsScreen(ModalScreen[Settings | None]):
                 yield Static("", id="error-tree", classes="field-error")
                 with Horizontal(classes="field"):
                     yield Label("Sampling acceptance", classes="field-label")
-                    yield Select(ACCEPTANCE_CHOICES, value=s.acceptance, allow_blank=False, id="field-acceptance")
+                    choices = [(ACCEPTANCE_LABELS.get(mode, mode), mode) for mode in ACCEPTANCE_MODES]
+                    yield Select(choices, value=s.generation.acceptance, allow_blank=False, id="field-acceptance")
                     yield Static("with temperature > 0", classes="field-hint")
                 yield Static("", id="error-acceptance", classes="field-error")
                 with Horizontal(classes="field"):
                     yield Label("Automatic fallback", classes="field-label")
-                    yield Switch(s.auto_fallback, id="field-auto_fallback")
+                    yield Switch(s.generation.auto_fallback, id="field-auto_fallback")
                     yield Static("decode plainly while Medusa is measured slower", classes="field-hint")
                 yield Static("", id="error-auto_fallback", classes="field-error")
                 themes = list(self.themes)
@@ -126,8 +132,6 @@ class SettingsScreen(ModalScreen[Settings | None]):
                     widget.add_class("-invalid")
             self._show_message()
             return
-        app: MedusaChatApp = self.app  # type: ignore[assignment]
-        app.apply_settings(new)
         self.dismiss(new)
 
     def _show_message(self) -> None:

@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.geometry import Size
 from textual.widget import Widget
 
-from ..engine import Gauges, sparkline
+from ..stats import Gauges, sparkline
 
 SPEEDUP_HELP = (
     "Speedup is measured, not assumed: tokens/s of this answer divided by the plain-decoding tokens/s "

@@ -17,7 +17,7 @@ from textual.containers import Vertical
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
-from ..engine import Gauges, sparkline, summary_lines
+from ..stats import Gauges, sparkline, summary_lines
 
 CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 

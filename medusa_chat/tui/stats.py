@@ -1,0 +1,182 @@
+"""Figures of one generation for the gauges and the transcript: pure maths over step events and stats."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..engine.events import GenerationStats, StepEvent
+
+SPARK_WINDOW = 48
+
+
+
+def plural(n: int, word: str) -> str:
+    """``1 token``, ``2 tokens``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+SPEEDUP_SLACK = 1.05  # measured speedup may exceed tokens/step by timing noise only
+
+
+@dataclass
+class Gauges:
+    """Figures of one generation: pure maths over its step events, then over its final stats.
+
+    Every figure (steps, tokens, tokens/s, tokens/step, speedup) comes from the same counters, so the
+    gauge bar and the answer's line agree. A step that emits no token (the text flushed at the end) is
+    not a step. ``medusa`` is what the engine actually did once the answer ends (no heads: plain).
+    """
+
+    medusa: bool = True
+    baseline_tps: float | None = None
+    steps: int = 0
+    tokens: int = 0
+    head_tokens: int = 0
+    decode_time: float = 0.0
+    current: int = 0
+    recent: deque[int] = field(default_factory=lambda: deque(maxlen=SPARK_WINDOW))
+    final: GenerationStats | None = None
+    fallback: bool = False  # the latest step was plain decoding chosen by automatic fallback
+    fallback_steps: int = 0
+
+    def add(self, event: StepEvent) -> None:
+        self.decode_time += max(event.step_time, 0.0)
+        if event.accepted <= 0:
+            return
+        self.fallback = event.fallback
+        self.fallback_steps += bool(event.fallback)
+        self.steps += 1
+        self.tokens += event.accepted
+        self.head_tokens += sum(1 for h in event.from_heads if h)
+        self.current = event.accepted
+        self.recent.append(event.accepted)
+
+    def finish(self, stats: GenerationStats) -> None:
+        """Adopt the engine's own totals (the same counters the events summed to)."""
+        self.final = stats
+        self.medusa = bool(stats.medusa)
+        self.steps = stats.steps
+        self.tokens = stats.new_tokens
+        self.decode_time = stats.decode_time
+        self.fallback_steps = min(stats.fallback_steps, stats.steps)
+
+    @property
+    def mode(self) -> str:
+        """plain | medusa | fallback (every step plain by automatic fallback) | mixed (some steps)."""
+        if not self.medusa:
+            return "plain"
+        if self.fallback_steps and self.fallback_steps >= self.steps:
+            return "fallback"
+        return "mixed" if self.fallback_steps else "medusa"
+
+    @property
+    def mean_accepted(self) -> float:
+        return self.tokens / self.steps if self.steps else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.decode_time if self.decode_time > 0 else 0.0
+
+    @property
+    def raw_speedup(self) -> float | None:
+        """This answer's tokens/s over the measured plain tokens/s; None for plain answers."""
+        if self.mode in ("plain", "fallback") or not self.baseline_tps or self.tokens_per_s <= 0:
+            return None
+        return self.tokens_per_s / self.baseline_tps
+
+    @property
+    def stale_baseline(self) -> bool:
+        """The plain speed cannot be right: a step never costs less than a plain step, so the speedup
+        cannot exceed the tokens per step (the machine was busier when plain speed was measured)."""
+        raw = self.raw_speedup
+        return raw is not None and raw > max(self.mean_accepted, 1.0) * SPEEDUP_SLACK
+
+    @property
+    def speedup(self) -> float | None:
+        """The measured speedup, when it is consistent with the other figures."""
+        return None if self.stale_baseline else self.raw_speedup
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "medusa": self.medusa,
+            "steps": self.steps,
+            "new_tokens": self.tokens,
+            "mean_accepted": round(self.mean_accepted, 4),
+            "tokens_per_s": round(self.tokens_per_s, 3),
+            "recent": list(self.recent),
+        }
+        if self.fallback_steps:
+            out["fallback_steps"] = self.fallback_steps
+        if self.speedup is not None:
+            out["speedup"] = round(self.speedup, 4)
+        if self.baseline_tps:
+            out["baseline_tps"] = round(self.baseline_tps, 3)
+        if self.stale_baseline:
+            out["stale_baseline"] = True
+        if self.final is not None:
+            out.update(
+                prefill_time=round(self.final.prefill_time, 5),
+                decode_time=round(self.final.decode_time, 5),
+                prompt_tokens=self.final.prompt_tokens,
+                reused_tokens=self.final.reused_tokens,
+                stop_reason=self.final.stop_reason,
+            )
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Gauges:
+        g = cls(medusa=bool(data.get("medusa", True)))
+        g.steps = int(data.get("steps", 0))
+        g.tokens = int(data.get("new_tokens", 0))
+        g.fallback_steps = int(data.get("fallback_steps", 0))
+        g.recent.extend(int(x) for x in data.get("recent", []))
+        g.current = g.recent[-1] if g.recent else 0
+        tps = float(data.get("tokens_per_s", 0.0) or 0.0)
+        if "decode_time" in data and float(data["decode_time"] or 0) > 0:
+            g.decode_time = float(data["decode_time"])
+        else:
+            g.decode_time = g.tokens / tps if tps > 0 else 0.0
+        if data.get("baseline_tps"):
+            g.baseline_tps = float(data["baseline_tps"])
+        elif data.get("speedup") and tps > 0:
+            g.baseline_tps = tps / float(data["speedup"])
+        return g
+
+
+def summary_lines(stats: dict[str, Any]) -> list[str]:
+    """An answer's figures: one line of numbers, and a line of its own for a fallback answer."""
+    if not stats or "new_tokens" not in stats:
+        return []
+    g = Gauges.from_dict(stats)
+    parts = [plural(g.tokens, "token"), plural(g.steps, "step")]
+    if g.steps:
+        parts.append(f"{g.mean_accepted:.2f} tok/step")
+    if g.tokens_per_s > 0:
+        parts.append(f"{g.tokens_per_s:.1f} tok/s")
+    if g.speedup is not None:
+        parts.append(f"{g.speedup:.2f}× plain")
+    elif stats.get("stale_baseline"):
+        parts.append("speedup ? (plain speed stale)")
+    parts.append({"plain": "Medusa off", "fallback": "decoded plainly", "mixed": "Medusa on",
+                  "medusa": "Medusa on"}[g.mode])
+    lines = [" · ".join(parts)]
+    if g.mode in ("fallback", "mixed"):
+        lines.append(
+            f"↳ automatic fallback: {g.fallback_steps} of {plural(g.steps, 'step')} decoded plainly "
+            "(plain measured faster here)"
+        )
+    return lines
+
+
+def sparkline(values: list[int] | deque[int], width: int = 24) -> str:
+    """A text sparkline of accepted tokens per step (1 = plain step)."""
+    bars = "▁▂▃▄▅▆▇█"
+    data = list(values)[-width:]
+    if not data:
+        return ""
+    top = max(max(data), 2)
+    return "".join(bars[min(len(bars) - 1, round((v - 1) / (top - 1) * (len(bars) - 1)))] for v in data)
+
+
