@@ -1,0 +1,5 @@
+"""``python -m medusa_chat.cli``."""
+
+from . import app
+
+app()

@@ -1,0 +1,52 @@
+"""What the commands share: the error exit, the load options, the default model and loading with clean errors."""
+
+from __future__ import annotations
+
+from typing import Annotated, NoReturn
+
+import typer
+
+from ..default_model import NAME as DEFAULT_MODEL
+from ..errors import UserError
+from ..options import option_problem
+
+__all__ = ["DEFAULT_MODEL", "check_options_or_fail", "check_text_or_fail", "fail", "load_or_fail"]
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Catalogue name, local HF directory or Hub repo id.")]
+HeadsOpt = Annotated[str | None, typer.Option("--heads", help="Medusa heads (directory or file) to use instead.")]
+TreeOpt = Annotated[str | None, typer.Option("--tree", help="A preset (cpu_8, mc_sim_7b_63, chain-4...) or tuned.")]
+DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto | fp32 | bf16 | fp16.")]
+QuantOpt = Annotated[str | None, typer.Option("--quant", help="none | 4bit | 8bit (bitsandbytes, CUDA only).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (1 on a busy machine).")]
+
+
+def fail(message: str) -> NoReturn:
+    """Print a one-line error and exit with status 1 (no traceback for expected failures)."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+def check_options_or_fail(*, tree: str | None = None, quant: str | None = None, dtype: str | None = None) -> None:
+    """Refuse a bad --tree/--quant/--dtype before any model is loaded."""
+    if problem := option_problem(quant=quant, dtype=dtype, tree=tree):
+        fail(problem)
+
+
+def check_text_or_fail(text: str | None, what: str) -> None:
+    """Refuse text holding bytes that are not UTF-8 (they reach Python as lone surrogates)."""
+    try:
+        (text or "").encode("utf-8")
+    except UnicodeEncodeError as exc:
+        fail(f"{what} is not valid UTF-8 text (at character {exc.start + 1}): pass it in UTF-8")
+
+
+def load_or_fail(model: str, **kwargs):
+    """``load_model`` with expected errors turned into clean messages; phases go to stderr."""
+    check_options_or_fail(tree=kwargs.get("tree"), quant=kwargs.get("quant"), dtype=kwargs.get("dtype"))
+    from ..loading import load_model
+
+    try:
+        return load_model(model, progress=lambda msg: typer.echo(msg, err=True), **kwargs)
+    except (UserError, FileNotFoundError) as exc:
+        fail(str(exc))
