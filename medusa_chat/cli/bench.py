@@ -8,31 +8,20 @@ from typing import Annotated
 
 import typer
 
-from .common import (
-    DEFAULT_MODEL,
-    DeviceOpt,
-    DtypeOpt,
-    HeadsOpt,
-    ModelOpt,
-    QuantOpt,
-    ThreadsOpt,
-    TreeOpt,
-    fail,
-    load_or_fail,
-)
+from . import common
 
 
 def bench(
-    model: ModelOpt = DEFAULT_MODEL,
-    heads: HeadsOpt = None,
+    model: common.ModelOpt = common.DEFAULT_MODEL,
+    heads: common.HeadsOpt = None,
     prompts: Annotated[str, typer.Option("--prompts", help="JSONL file with a 'prompt' field per line.")] = "",
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use the first N prompts.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 128,
-    tree: TreeOpt = None,
-    dtype: DtypeOpt = None,
-    quant: QuantOpt = None,
-    device: DeviceOpt = None,
-    threads: ThreadsOpt = None,
+    tree: common.TreeOpt = None,
+    dtype: common.DtypeOpt = None,
+    quant: common.QuantOpt = None,
+    device: common.DeviceOpt = None,
+    threads: common.ThreadsOpt = None,
     methods: Annotated[
         str, typer.Option("--methods", help="Comma-separated: plain, medusa, hf, hf_lookup, hybrid (Medusa + lookup).")
     ] = "plain,medusa,hf,hf_lookup",
@@ -51,14 +40,16 @@ def bench(
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in METHODS]
     if unknown:
-        fail(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
+        common.fail(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
     if not prompts:
-        fail("--prompts FILE.jsonl is required (for example ../shared/data/prompts/dev.jsonl)")
+        common.fail("--prompts FILE.jsonl is required (for example ../shared/data/prompts/dev.jsonl)")
     try:
         texts = read_prompts(prompts, limit)
     except (OSError, ValueError) as exc:
-        fail(str(exc))
-    loaded = load_or_fail(model, heads=heads, tree=tree, dtype=dtype, quant=quant, device=device, threads=threads)
+        common.fail(str(exc))
+    loaded = common.load_or_fail(
+        model, heads=heads, tree=tree, dtype=dtype, quant=quant, device=device, threads=threads
+    )
     if copy:
         typer.echo(f"answering {len(texts)} first turns for the copy tasks", err=True)
         texts = copy_conversations(loaded, texts)
@@ -71,7 +62,7 @@ def bench(
     try:
         report = run_bench(loaded, texts, max_new_tokens, chosen, on_run)
     except ValueError as exc:
-        fail(str(exc))
+        common.fail(str(exc))
     finally:
         bar.close()
     typer.echo(format_table(report))

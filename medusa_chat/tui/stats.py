@@ -11,7 +11,6 @@ from ..engine.events import GenerationStats, StepEvent
 SPARK_WINDOW = 48
 
 
-
 def plural(n: int, word: str) -> str:
     """``1 token``, ``2 tokens``."""
     return f"{n} {word}{'' if n == 1 else 's'}"
@@ -159,8 +158,7 @@ def summary_lines(stats: dict[str, Any]) -> list[str]:
         parts.append(f"{g.speedup:.2f}× plain")
     elif stats.get("stale_baseline"):
         parts.append("speedup ? (plain speed stale)")
-    parts.append({"plain": "Medusa off", "fallback": "decoded plainly", "mixed": "Medusa on",
-                  "medusa": "Medusa on"}[g.mode])
+    parts.append({"plain": "Medusa off", "fallback": "decoded plainly"}.get(g.mode, "Medusa on"))
     lines = [" · ".join(parts)]
     if g.mode in ("fallback", "mixed"):
         lines.append(
@@ -178,5 +176,3 @@ def sparkline(values: list[int] | deque[int], width: int = 24) -> str:
         return ""
     top = max(max(data), 2)
     return "".join(bars[min(len(bars) - 1, round((v - 1) / (top - 1) * (len(bars) - 1)))] for v in data)
-
-

@@ -84,16 +84,18 @@ class HistoryScreen(ModalScreen[int | None]):
     def action_dismiss_none(self) -> None:
         self.dismiss(None)
 
-    def _conversation(self, conversation_id: int) -> Conversation | None:
+    def _selected(self) -> Conversation | None:
+        """The highlighted conversation as the history holds it (None: no row, or history unreadable)."""
+        conversation_id = self.selected_id()
+        if conversation_id is None:
+            return None
         return self.chat_app.history_call("read the conversation", lambda store: store.get(conversation_id))
 
     def action_rename(self) -> None:
-        conversation_id = self.selected_id()
-        if conversation_id is None:
-            return
-        conversation = self._conversation(conversation_id)
+        conversation = self._selected()
         if conversation is None:
             return
+        conversation_id = conversation.id
 
         def done(value: str | None) -> None:
             if value is not None and value.strip():
@@ -104,12 +106,10 @@ class HistoryScreen(ModalScreen[int | None]):
         self.app.push_screen(TextPrompt("Rename conversation", conversation.title, id="rename"), done)
 
     def action_delete(self) -> None:
-        conversation_id = self.selected_id()
-        if conversation_id is None:
-            return
-        conversation = self._conversation(conversation_id)
+        conversation = self._selected()
         if conversation is None:
             return
+        conversation_id = conversation.id
         app = self.chat_app
 
         async def done(yes: bool | None) -> None:
