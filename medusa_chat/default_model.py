@@ -75,6 +75,39 @@ def ensure_converted(progress: Progress | None = None) -> Path:
     return target
 
 
+def metadata_dir() -> Path:
+    """Config and tokenizer of the GGUF (no weights): what the lean decoder needs beside the GGUF itself."""
+    return cache_dir() / f"{NAME}-gguf"
+
+
+def ensure_metadata(progress: Progress | None = None) -> Path:
+    """The config + tokenizer directory for loading the GGUF directly, written once (atomically)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    report = progress or (lambda _phase: None)
+    target = metadata_dir()
+    if is_complete(target):
+        return target
+    source = gguf_path()
+    report(f"reading the config and tokenizer of {source.name} (once)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp.chmod(0o755)
+    try:
+        config = AutoConfig.from_pretrained(str(source.parent), gguf_file=source.name)
+        config.quantization_config = None
+        del config.quantization_config
+        config.save_pretrained(str(tmp))
+        AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name).save_pretrained(str(tmp))
+        (tmp / MARKER).write_text(f"config and tokenizer of {source.name}\n")
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def convert_gguf(source: Path, out: Path, report: Progress) -> None:
     """Dequantise ``source`` into a fp32 safetensors checkpoint + tokenizer in ``out``.
 

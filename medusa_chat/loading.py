@@ -30,7 +30,8 @@ from .memory import OVERHEAD, cpu_memory, estimate_bytes
 from .trees import resolve_tree
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
-QUANTS = ("none", "4bit", "8bit")
+QUANTS = ("auto", "none", "4bit", "8bit")
+ENGINES = ("auto", "lean", "transformers")
 CALIBRATION_PROMPT = "Write a short paragraph about the sea."
 _HEAD_KEY_PREFIXES = ("medusa_head.", "blocks.", "lm_heads.")
 
@@ -54,6 +55,7 @@ class LoadedModel:
     stop_strings: tuple[str, ...] = ()
     load_time: float = 0.0
     notes: list[str] = field(default_factory=list)
+    engine: str = "transformers"  # "lean" or "transformers"
 
     @property
     def tree_name(self) -> str:
@@ -111,8 +113,12 @@ def load_model(
     tree: str | None = None,
     threads: int | None = None,
     progress=None,
+    engine: str | None = None,
 ) -> LoadedModel:
     """Load ``model`` (catalogue name, local directory or cached Hub repo) with its Medusa heads.
+
+    ``engine``: "lean" (the CPU decoder of :mod:`medusa_chat.engine.lean`), "transformers", or
+    "auto" (lean on a CPU when it takes the model, else transformers).
 
     ``heads`` overrides where the heads come from (a directory or file in any supported format).
     ``progress`` receives short phase strings. Expected failures raise :class:`LoadError` (or the
@@ -130,21 +136,25 @@ def load_model(
     for problem in catalog_problems():
         report(f"warning: {problem}")
     device = _choose_device(device)
-    quant = quant or "none"
+    engine = engine or "auto"
+    if engine not in ENGINES:
+        raise LoadError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    quant = _choose_quant(quant or "auto", spec, device, engine, dtype or "auto")
     dtype_name = _choose_dtype(dtype or "auto", device, quant)
     bnb_problem = _bnb_problem() if device != "cpu" else "no CUDA GPU"
-    _check_quant(quant, device, bnb_problem)
+    _check_quant(quant, device, bnb_problem, engine)
     can_quantise = bnb_problem is None
     available = _available_bytes(device)
     notes = _check_memory(spec, spec.params, device, dtype_name, quant, available, can_quantise)
     params = spec.params
     try:
-        model_dir, heads_path = _locate(spec, heads, report)
+        gguf = spec.head_format == "gguf-package" and device == "cpu" and quant == "4bit"
+        model_dir, heads_path = _locate(spec, heads, report, gguf)
         _check_weight_files(model_dir, spec)
         if not params:
             params = _stored_params([model_dir, *([heads_path] if heads_path else [])], spec)
             notes = _check_memory(spec, params, device, dtype_name, quant, available, can_quantise)
-        loaded = _assemble(spec, model_dir, heads_path, device, dtype_name, quant, tree, report)
+        loaded = _assemble(spec, model_dir, heads_path, device, dtype_name, quant, tree, report, engine, gguf)
     except Exception as exc:
         traceback.clear_frames(exc.__traceback__)  # the frames hold the partial model: let it go now
         free_memory()
@@ -215,6 +225,10 @@ def _choose_device(device: str | None) -> str:
 def _choose_dtype(dtype: str, device: str, quant: str) -> str:
     if dtype not in DTYPES:
         raise LoadError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if device == "cpu" and quant != "none":  # the int4/int8 CPU kernels are fast with bf16 activations
+        if dtype in ("auto", "bf16"):
+            return "bf16"
+        raise LoadError(f"--quant {quant} on a CPU computes in bf16: drop --dtype {dtype} or use --quant none")
     if dtype == "auto":
         if device == "cpu":
             return "bf16" if cpu_has_bf16() else "fp32"
@@ -238,17 +252,29 @@ def _bnb_problem() -> str | None:
     return None
 
 
-def _check_quant(quant: str, device: str, bnb_problem: str | None) -> None:
+def _choose_quant(quant: str, spec: ModelSpec, device: str, engine: str, dtype: str) -> str:
+    """``auto``: the offline default model runs on its own 4-bit weights on a CPU with fast bf16, else none.
+
+    An explicit ``--dtype`` other than bf16 asks for dense weights.
+    """
+    if quant != "auto":
+        return quant
+    fast_int4 = device == "cpu" and engine != "transformers" and cpu_has_bf16() and dtype in ("auto", "bf16")
+    return "4bit" if fast_int4 and spec.head_format == "gguf-package" else "none"
+
+
+def _check_quant(quant: str, device: str, bnb_problem: str | None, engine: str) -> None:
     if quant not in QUANTS:
         raise LoadError(f"unknown quantisation {quant!r}: choose one of {', '.join(QUANTS)}")
     if quant == "none":
         return
     if device == "cpu":
-        dtype = "bf16" if cpu_has_bf16() else "fp32"
-        raise LoadError(
-            f"--quant {quant} uses bitsandbytes, which needs a CUDA GPU, and this runs on the CPU. "
-            f"Nearest working choice: --quant none (this CPU runs --dtype {dtype} best)"
-        )
+        if engine == "transformers":
+            raise LoadError(
+                f"--quant {quant} on a CPU runs on the lean decoder: use --engine auto (or lean), "
+                "or --quant none with transformers"
+            )
+        return
     if bnb_problem is not None:
         raise LoadError(
             f"--quant {quant} cannot run here: {bnb_problem}. Nearest working choice: --quant none --dtype fp16, "
@@ -368,15 +394,18 @@ def _check_weight_files(model_dir: Path, spec: ModelSpec) -> None:
 # -- files -----------------------------------------------------------------------------------------
 
 
-def _locate(spec: ModelSpec, heads: str | None, report) -> tuple[Path, Path | None]:
-    """(model dir, heads path or None) on local disk: ``--heads``, packaged heads, else beside the model."""
+def _locate(spec: ModelSpec, heads: str | None, report, gguf: bool = False) -> tuple[Path, Path | None]:
+    """(model dir, heads path or None) on local disk: ``--heads``, packaged heads, else beside the model.
+
+    ``gguf``: the packaged GGUF is read directly, so the model dir holds only its config and tokenizer.
+    """
     from .hub import HubError, local_files
 
     if spec.head_format == "gguf-package":
-        from .default_model import DefaultModelError, ensure_converted
+        from .default_model import DefaultModelError, ensure_converted, ensure_metadata
 
         try:
-            model_dir, found = ensure_converted(progress=report), None
+            model_dir, found = (ensure_metadata if gguf else ensure_converted)(progress=report), None
         except DefaultModelError as exc:
             raise LoadError(str(exc)) from exc
         except OSError as exc:
@@ -452,25 +481,29 @@ def _assemble(
     quant: str,
     tree: str | None,
     report,
+    engine: str = "auto",
+    gguf: bool = False,
 ) -> LoadedModel:
+    import torch
+
     from .engine.generator import Generator
     from .engine.heads_io import heads_choice_note, load_heads
 
     report(f"loading {spec.label} ({_setting(dtype_name, quant)}) on {device}")
-    base, tokenizer = _load_base(model_dir, device, dtype_name, quant)
     notes: list[str] = []
+    decoder, tokenizer = _load_decoder(model_dir, device, dtype_name, quant, engine, gguf, notes, report)
     medusa = None
     if heads_path is not None:
         report(f"loading Medusa heads from {heads_path}")
         if note := heads_choice_note(heads_path):
             report(note)
             notes.append(note)
-        config = base.config.get_text_config()
-        lm_head = base.get_output_embeddings().weight
+        config = decoder.config.get_text_config()
+        lm_head = decoder.output_rows(torch.arange(config.vocab_size)) if quant == "none" else None
         medusa = load_heads(heads_path, config.hidden_size, config.vocab_size, lm_head=lm_head)
     else:
         notes.append("no Medusa heads found: plain decoding only")
-    generator = Generator(base, tokenizer, medusa)
+    generator = Generator(decoder, tokenizer, medusa)
     if medusa is not None:
         chosen = resolve_tree(
             tree, model=spec.name, device=device, dtype=dtype_name, num_heads=medusa.num_heads,
@@ -487,11 +520,49 @@ def _assemble(
         device=device,
         dtype=dtype_name,
         quant=quant,
+        engine=decoder.engine,
         chat_template=chat_template_for(spec, tokenizer),
         spec=spec,
         stop_strings=("USER:",) if spec.chat_template == "vicuna_v1.1" else (),
         notes=notes,
     )
+
+
+def _load_decoder(
+    path: Path, device: str, dtype_name: str, quant: str, engine: str, gguf: bool, notes: list[str], report
+):
+    """(decoder, tokenizer): the lean decoder on a CPU when it takes the model (and CPU 4/8-bit), else transformers."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    from .engine.decoder import TransformersDecoder
+    from .engine.lean import UnsupportedModel, from_state_dict
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    if gguf:
+        from .default_model import gguf_path
+        from .engine.gguf_weights import GGUFError, load_gguf
+
+        try:
+            decoder = load_gguf(gguf_path(), AutoConfig.from_pretrained(path), dtype, note=report)
+        except GGUFError as exc:
+            raise LoadError(str(exc)) from exc
+        return decoder, AutoTokenizer.from_pretrained(path)
+    lean = device == "cpu" and engine != "transformers"
+    base, tokenizer = _load_base(path, device, "fp32" if lean else dtype_name, "none" if lean else quant)
+    if not lean:
+        return TransformersDecoder(base), tokenizer
+    try:
+        decoder = from_state_dict(base.config, base.state_dict(), dtype, {"none": None, "4bit": "int4",
+                                                                           "8bit": "int8"}[quant])
+    except UnsupportedModel as exc:
+        if quant != "none" or engine == "lean":
+            raise LoadError(f"{exc}: on a CPU use --quant none --engine transformers") from exc
+        note = f"{exc}: using transformers"
+        report(note)
+        notes.append(note)
+        return TransformersDecoder(base.to(dtype)), tokenizer
+    return decoder, tokenizer
 
 
 def _load_base(path: Path, device: str, dtype_name: str, quant: str):

@@ -8,7 +8,8 @@ from __future__ import annotations
 from .errors import UserError
 from .trees import tree_problem
 
-QUANTS = ("none", "4bit", "8bit")
+QUANTS = ("auto", "none", "4bit", "8bit")
+ENGINES = ("auto", "lean", "transformers")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 

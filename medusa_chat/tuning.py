@@ -238,8 +238,7 @@ def calibrate(
     """
     heads = _require_heads(generator)
     k = heads.num_heads
-    decoder = generator.model.get_decoder()
-    lm_head = generator.model.get_output_embeddings()
+    decoder = generator.decoder
     result = Calibration([], [], [])
     if progress:
         progress("acceptance", 0, len(prompts_ids))
@@ -252,9 +251,12 @@ def calibrate(
         if scored > 0:
             with torch.inference_mode():
                 seq = torch.tensor([result.sequences[-1]], device=generator.device)
-                hidden = decoder(input_ids=seq, use_cache=False).last_hidden_state[0]
+                decoder.new_cache()
+                hidden = decoder.forward(seq, torch.arange(seq.shape[1], device=seq.device)[None])[0]
                 hidden = hidden[len(ids) - 1 : len(ids) - 1 + scored]
-                top = heads(hidden, lm_head).topk(TOPK, dim=-1).indices  # [K, S, TOPK]
+                roots = seq[0, len(ids) : len(ids) + scored]
+                root = decoder.embed(roots) if heads.root_conditioned else None
+                top = heads.propose(hidden, decoder.lm_head, k, TOPK, root)  # [K, S, TOPK]
             truth = torch.tensor(answer, device=top.device)
             truth = torch.stack([truth[1 + i : 1 + i + scored] for i in range(k)])  # [K, S]
             match = top == truth[..., None]

@@ -90,3 +90,15 @@ def test_batched_greedy_equals_one_prompt_greedy(engine):
     expected = [_greedy_alone(model, p, 12, eos) for p in prompts]
     assert any(len(a) < 12 for a in expected) and any(len(a) == 12 for a in expected)
     assert greedy_batch(decoder, prompts, 12, eos, pad_id=0) == expected
+
+
+def test_int8_kernel_computes_its_dequantised_weight():
+    from medusa_chat.engine.quant import Int8
+
+    torch.manual_seed(0)
+    weight = torch.randn(64, 128)
+    layer = Int8(weight, torch.float32)
+    dense = layer.rows(torch.arange(64))
+    assert (dense - weight).abs().max() < weight.abs().max() / 100
+    x = torch.randn(3, 128)
+    torch.testing.assert_close(layer(x), x @ dense.T, atol=1e-4, rtol=1e-4)

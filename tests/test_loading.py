@@ -180,13 +180,15 @@ def test_model_not_downloaded_names_the_download_command(hub_env, tmp_path):
         load_model(str(tmp_path / "heads"))
 
 
-def test_quantisation_without_cuda_is_a_clear_error(world):
+def test_cpu_quantisation_runs_on_the_lean_decoder(world):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     for quant in ("4bit", "8bit"):
-        with pytest.raises(LoadError, match=rf"--quant {quant} uses bitsandbytes, which needs a CUDA GPU") as info:
-            load_model(str(world.root / "local"), quant=quant)
-        assert "Nearest working choice: --quant none" in str(info.value)
+        loaded = load_model(str(world.root / "local"), quant=quant)
+        assert (loaded.engine, loaded.quant, loaded.dtype) == ("lean", quant, "bf16")
+        assert loaded.generator.generate(world.prompt, GenerationConfig(max_new_tokens=4)).new_tokens == 4
+        with pytest.raises(LoadError, match=rf"--quant {quant} on a CPU runs on the lean decoder"):
+            load_model(str(world.root / "local"), quant=quant, engine="transformers")
     with pytest.raises(LoadError, match=r"torch sees no CUDA device.*use --device cpu"):
         load_model(str(world.root / "local"), device="cuda", quant="4bit")
     with pytest.raises(LoadError, match="unknown quantisation"):
@@ -197,8 +199,8 @@ def test_dtype_auto_on_cpu_is_bf16_exactly_when_the_cpu_has_it(world):
     loaded = load_model(str(world.root / "local"))
     want = "bf16" if cpu_has_bf16() else "fp32"
     assert loaded.dtype == want
-    assert next(loaded.generator.model.parameters()).dtype == {"bf16": torch.bfloat16, "fp32": torch.float32}[want]
-    assert next(loaded.generator.heads.parameters()).dtype == next(loaded.generator.model.parameters()).dtype
+    assert loaded.generator.decoder.dtype == {"bf16": torch.bfloat16, "fp32": torch.float32}[want]
+    assert next(loaded.generator.heads.parameters()).dtype == loaded.generator.decoder.dtype
     with pytest.raises(LoadError, match="use --dtype bf16 or fp32"):
         load_model(str(world.root / "local"), dtype="fp16")
 

@@ -10,11 +10,11 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from medusa_chat.engine.decoder import TransformersDecoder
 from medusa_chat.engine.heads_io import load_heads
+from medusa_chat.prompts import Prompt, read_prompts
 from medusa_chat.training.base import load_base
 from medusa_chat.training.cli import eval_heads_cmd
-from medusa_chat.engine.decoder import TransformersDecoder
-from medusa_chat.prompts import Prompt, read_prompts
 from medusa_chat.training.distill_data import (
     DistillData,
     DistillDataError,
@@ -107,7 +107,7 @@ def test_distillation_data_extends_without_touching_earlier_answers(tiny_model: 
     assert (store.directory / "answers-00000.npz").read_bytes() == first
     assert again.manifest.counts()["prompts"] == 6 and len(again.manifest.shards) == 2
     assert {k: v for k, v in again.answers().items() if k in answers} == answers
-    (shard, sequences), _ = again.shard_sequences(tokenizer, texts)
+    (_shard, sequences), _ = again.shard_sequences(tokenizer, texts)
     prompt_ids = encode_prompt(tokenizer, texts[0].text)
     assert sequences[0].ids == prompt_ids + answers[texts[0].id] and sequences[0].prompt_len == len(prompt_ids)
 

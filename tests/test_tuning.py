@@ -132,11 +132,12 @@ def test_step_costs_come_from_real_generator_steps() -> None:
 def fitted_model_dir(tmp_path):
     """A tiny model whose heads are overfitted to its greedy answer to the calibration prompt."""
     path = write_tiny_model_dir(tmp_path / "tiny-tune")
-    loaded = load_model(str(path), dtype="fp32")
+    loaded = load_model(str(path), dtype="fp32", engine="transformers")
     ids = loaded.chat_ids([{"role": "user", "content": PROMPT}])
     answer = loaded.generator.generate(ids, GenerationConfig(max_new_tokens=40, medusa=False)).token_ids
     assert len(answer) >= 24  # the random model does not stop at once
-    heads = fit_heads(loaded.generator.model, loaded.generator.heads, greedy_sequence(loaded.generator.model, ids, 40))
+    model = loaded.generator.decoder.model
+    heads = fit_heads(model, loaded.generator.heads, greedy_sequence(model, ids, 40))
     save_heads(heads, path / "medusa", base_model=str(path))
     return path
 

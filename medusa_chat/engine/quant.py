@@ -68,6 +68,24 @@ class Int4:
         return self(eye).t().contiguous()
 
 
+class Int8:
+    """Weight-only int8 with one scale per output row (torch's ``_weight_int8pack_mm``)."""
+
+    def __init__(self, weight: torch.Tensor, dtype: torch.dtype) -> None:
+        scale = (weight.float().abs().amax(dim=1) / 127).clamp(min=1e-8)
+        self.q = (weight.float() / scale[:, None]).round().clamp(-128, 127).to(torch.int8).contiguous()
+        self.scales = scale.to(dtype)
+        self.out_features = weight.shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        out = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.q, self.scales.to(x.dtype))
+        return out.view(*shape[:-1], self.out_features)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.q[ids].float() * self.scales[ids, None].float()
+
+
 def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Min/max int4 quantisation per group: (q [N, K] in 0..15, scale [N, K/G], zero [N, K/G])."""
     n, k = weight.shape
@@ -79,9 +97,11 @@ def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 def make_linear(weight: torch.Tensor, dtype: torch.dtype, quant: str | None = None) -> Linear:
-    """A dense layer in ``dtype``, or int4 (``quant="int4"``) with activations in ``dtype``."""
+    """A dense layer in ``dtype``, or int4/int8 weight-only (``quant``) with activations in ``dtype``."""
     if quant is None:
         return Dense(weight.to(dtype))
     if quant == "int4":
         return Int4(*quantize_int4(weight), dtype=dtype)
-    raise ValueError(f"unknown quantisation {quant!r}: use int4 or none")
+    if quant == "int8":
+        return Int8(weight, dtype)
+    raise ValueError(f"unknown quantisation {quant!r}: use int4, int8 or none")
