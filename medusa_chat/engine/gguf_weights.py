@@ -119,8 +119,8 @@ def load_gguf(
 ) -> LeanLlama:
     """A lean decoder with int4 linear layers from a Llama/Mistral GGUF; ``config`` is its transformers config."""
     path = Path(path)
-    spec = LlamaSpec.from_config(config)
     reader = _Reader(path, dtype, note)
+    spec = LlamaSpec.from_config(config)
     try:
         return _build(reader, spec, dtype, config)
     except (ValueError, RuntimeError) as exc:  # short reads, wrong shapes
