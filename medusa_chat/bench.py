@@ -7,7 +7,6 @@ with like on the same machine state. Tokens/s counts wall time from the prompt t
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import time
@@ -46,20 +45,10 @@ class Run:
 
 
 def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
-    """The ``prompt`` field of each line of a JSONL file."""
-    prompts = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            prompts.append(json.loads(line)["prompt"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}:{n}: expected a JSON object with a 'prompt' field ({exc})") from exc
-        if limit and len(prompts) >= limit:
-            break
-    if not prompts:
-        raise ValueError(f"{path} holds no prompts")
-    return prompts
+    """The prompt texts of a JSONL file (see :func:`medusa_chat.prompts.read_prompts`)."""
+    from .prompts import read_prompts as read
+
+    return [p.text for p in read(path, limit)]
 
 
 def copy_conversations(loaded, prompts: list[str], answer_tokens: int = 96) -> list[Conversation]:

@@ -39,10 +39,12 @@ def smollm2_cache(tmp_path_factory):
     from medusa_chat.paths import APP_NAME
 
     root = tmp_path_factory.mktemp("smollm2-cache")
-    user_copy = Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False)) / default_model.NAME
-    if default_model.is_complete(user_copy):
-        (root / default_model.NAME).symlink_to(user_copy, target_is_directory=True)
+    user_cache = Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
+    for name in (default_model.NAME, default_model.metadata_dir().name):
+        if default_model.is_complete(user_cache / name):
+            (root / name).symlink_to(user_cache / name, target_is_directory=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MEDUSA_CHAT_CACHE_DIR", str(root))
         default_model.ensure_converted()
+        default_model.ensure_metadata()
     return root

@@ -8,9 +8,9 @@ import pytest
 from medusa_chat.bench import copy_conversations, read_prompts
 from medusa_chat.engine.generator import GenerationConfig
 from medusa_chat.loading import load_model
+from medusa_chat.prompts import DEV_PROMPTS
 
 pytestmark = pytest.mark.slow
-DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts" / "dev.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +22,7 @@ def smollm2(smollm2_cache):
 
 @pytest.fixture(scope="module")
 def prompts():
-    if DEV.is_file():
-        return read_prompts(DEV, 12)
-    return [  # the same kind of prompts, for checkouts without ../shared
-        "What is the best modern motorcycle for a beginning rider?",
-        "What is a less known rule or move in Chess?",
-        "Give me three tips for staying focused while studying.",
-    ]
+    return read_prompts(DEV_PROMPTS, 12)  # shipped with the package
 
 
 def answer(loaded, prompt, **config):

@@ -14,7 +14,9 @@ from . import common
 def bench(
     model: common.ModelOpt = common.DEFAULT_MODEL,
     heads: common.HeadsOpt = None,
-    prompts: Annotated[str, typer.Option("--prompts", help="JSONL file with a 'prompt' field per line.")] = "",
+    prompts: Annotated[
+        str, typer.Option("--prompts", help="JSONL file with a 'prompt' field per line (default: the shipped dev set).")
+    ] = "",
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use the first N prompts.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 128,
     tree: common.TreeOpt = None,
@@ -42,7 +44,9 @@ def bench(
     if unknown:
         common.fail(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
     if not prompts:
-        common.fail("--prompts FILE.jsonl is required (for example ../shared/data/prompts/dev.jsonl)")
+        from ..prompts import DEV_PROMPTS
+
+        prompts = str(DEV_PROMPTS)
     try:
         texts = read_prompts(prompts, limit)
     except (OSError, ValueError) as exc:
