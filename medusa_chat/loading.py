@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import calibration
 from .catalog import ModelSpec, catalog, catalog_problems, chat_template_for, resolve
 from .errors import UserError
 from .memory import OVERHEAD, cpu_memory, estimate_bytes
-from .trees import resolve_tree
+from .trees import AUTO, TUNED, resolve_tree
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 QUANTS = ("auto", "none", "4bit", "8bit")
@@ -513,6 +514,13 @@ def _assemble(
         if chosen.note:
             report(chosen.note)
             notes.append(chosen.note)
+        if tree in (None, AUTO, TUNED) and chosen.name != TUNED and calibration.enabled():
+            key = calibration.cache_key(spec.name, heads_path, device, dtype_name, quant, decoder.engine)
+            result = calibration.load_cached(key) or _calibrate(generator, tokenizer, heads_path, key, report)
+            generator.set_tree(result.choices, name=result.name)
+            note = (f"tree {result.name}: measured on this machine, predicted {result.predicted_speedup:.2f}x plain"
+                    if result.choices else "plain decoding: no tree is measured faster on this machine")
+            report(note)
     return LoadedModel(
         name=spec.name,
         generator=generator,
@@ -526,6 +534,27 @@ def _assemble(
         stop_strings=("USER:",) if spec.chat_template == "vicuna_v1.1" else (),
         notes=notes,
     )
+
+
+def _calibrate(generator, tokenizer, heads_path: Path, key: dict, report):
+    """First load on this machine: pick the tree by measurement (see :mod:`medusa_chat.calibration`)."""
+    from .engine.heads_io import read_heads_config
+
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": CALIBRATION_PROMPT}], add_generation_prompt=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    rates = calibration.rates_from_config(read_heads_config(heads_path)) or _measured_rates(generator, ids)
+    report("calibrating the tree for this machine (once, about 20 s)")
+    return calibration.calibrate(generator, ids, rates, key, progress=report)
+
+
+def _measured_rates(generator, ids: list[int]) -> list[list[float]]:
+    """Per-head per-rank hit rates from one short greedy answer (heads without recorded accuracy)."""
+    from .engine.tree import TOPK
+    from .tuning import calibrate
+
+    ranks = calibrate(generator, [ids], steps=32).ranks
+    k = generator.heads.num_heads
+    return [[sum(row[i] == r for row in ranks) / max(1, len(ranks)) for r in range(TOPK)] for i in range(k)]
 
 
 def _load_decoder(

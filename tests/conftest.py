@@ -48,3 +48,9 @@ def smollm2_cache(tmp_path_factory):
         default_model.ensure_converted()
         default_model.ensure_metadata()
     return root
+
+
+@pytest.fixture(autouse=True)
+def _no_calibration_at_load(monkeypatch):
+    """Loads in tests use the preset trees; tests of calibration turn it back on."""
+    monkeypatch.setenv("MEDUSA_CHAT_CALIBRATION", "off")
