@@ -7,6 +7,7 @@ with like on the same machine state. Tokens/s counts wall time from the prompt t
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import statistics
 import time
@@ -14,7 +15,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-METHODS = ("plain", "medusa", "hf", "hf_lookup", "hybrid")
+METHODS = ("plain", "medusa", "hf", "hf_lookup", "hybrid", "tf_plain", "tf_medusa")
+REFERENCE_METHODS = ("hf", "hf_lookup", "tf_plain", "tf_medusa")
+"""Methods that run on the transformers path (a second model when the main one is on the lean decoder)."""
 DEFAULT_METHODS = ("plain", "medusa", "hf", "hf_lookup")
 LOOKUP_TOKENS = 10
 FOLLOW_UPS = (
@@ -90,12 +93,13 @@ def run_hf(loaded, ids: list[int], max_new_tokens: int, lookup: bool) -> Run:
     import torch
 
     gen = loaded.generator
+    model = gen.decoder.model  # a TransformersDecoder: the reference model of a lean-decoder bench
     eos = sorted(gen.eos_ids)
     inputs = torch.tensor([ids], device=gen.device)
     extra = {"prompt_lookup_num_tokens": LOOKUP_TOKENS} if lookup else {}
     started = time.perf_counter()
     with torch.inference_mode():
-        out = gen.model.generate(
+        out = model.generate(
             inputs,
             attention_mask=torch.ones_like(inputs),
             max_new_tokens=max_new_tokens,
@@ -117,7 +121,30 @@ RUNNERS: dict[str, Callable] = {
     "hf": lambda m, ids, n: run_hf(m, ids, n, lookup=False),
     "hf_lookup": lambda m, ids, n: run_hf(m, ids, n, lookup=True),
     "hybrid": lambda m, ids, n: run_engine(m, ids, n, medusa=True, lookup=LOOKUP_TOKENS),
+    "tf_plain": lambda m, ids, n: _renamed(run_engine(m, ids, n, medusa=False), "tf_plain"),
+    "tf_medusa": lambda m, ids, n: _renamed(run_engine(m, ids, n, medusa=True), "tf_medusa"),
 }
+
+
+def _renamed(run: Run, method: str) -> Run:
+    run.method = method
+    return run
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory since the last :func:`reset_peak_rss` (Linux), in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> None:
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def bench(
@@ -126,21 +153,33 @@ def bench(
     max_new_tokens: int = 128,
     methods: Iterable[str] = DEFAULT_METHODS,
     on_run: Callable[[int, Run], None] | None = None,
+    reference=None,
 ) -> dict:
-    """Run every method on every prompt or conversation (rotating the order per prompt) and summarise."""
+    """Run every method on every prompt or conversation (rotating the order per prompt) and summarise.
+
+    ``reference`` is the same model on the transformers path, for :data:`REFERENCE_METHODS` when
+    ``loaded`` runs on the lean decoder (by default they run on ``loaded`` itself).
+    """
     methods = [m for m in METHODS if m in set(methods)]
     if "medusa" in methods and not loaded.generator.has_heads:
         raise ValueError(f"{loaded.name} has no Medusa heads to benchmark: pass --heads")
+    reference = reference or loaded
+    if any(m in REFERENCE_METHODS for m in methods) and reference.engine != "transformers":
+        raise ValueError("hf, hf_lookup, tf_plain and tf_medusa need the model on the transformers path")
+
+    def target(method: str):
+        return reference if method in REFERENCE_METHODS else loaded
+
     warm = loaded.chat_ids([{"role": "user", "content": "Hi"}])
     for method in methods:
-        RUNNERS[method](loaded, warm, 4)
+        RUNNERS[method](target(method), warm, 4)
     per_prompt = []
     for i, prompt in enumerate(prompts):
         ids = loaded.chat_ids(as_conversation(prompt))
         order = methods[i % len(methods) :] + methods[: i % len(methods)]
         runs = {}
         for method in order:
-            runs[method] = RUNNERS[method](loaded, ids, max_new_tokens)
+            runs[method] = RUNNERS[method](target(method), ids, max_new_tokens)
             if on_run:
                 on_run(i, runs[method])
         per_prompt.append(runs)
@@ -175,6 +214,9 @@ def summarise(
     summary["speedup_vs_plain"] = _ratio(speed, "medusa", "plain")
     summary["speedup_vs_hf"] = _ratio(speed, "medusa", "hf")
     summary["speedup_hybrid_vs_medusa"] = _ratio(speed, "hybrid", "medusa")
+    summary["speedup_hybrid_vs_plain"] = _ratio(speed, "hybrid", "plain")
+    summary["plain_vs_tf_plain"] = _ratio(speed, "plain", "tf_plain")
+    summary["tf_speedup_vs_tf_plain"] = _ratio(speed, "tf_medusa", "tf_plain")
     if {"medusa", "plain"} <= has:
         medusa_runs = [r["medusa"] for r in per_prompt]
         summary["mean_accepted"] = round(
@@ -197,6 +239,7 @@ def summarise(
         "model": loaded.name,
         "dtype": loaded.dtype,
         "quant": loaded.quant,
+        "engine": loaded.engine,
         "tree": loaded.tree_name,
         "tree_size": loaded.generator.tree.size,
         "max_new_tokens": max_new_tokens,
@@ -243,14 +286,17 @@ def format_table(report: dict) -> str:
     for m in METHODS:
         if s.get(f"{m}_tok_s") is not None:
             lines.append(f"{m:12s} {s[f'{m}_tok_s']:14.2f} {s[f'{m}_tok_s_median']:15.2f}")
-    keys = ("speedup_vs_plain", "speedup_vs_hf", "speedup_hybrid_vs_medusa", "mean_accepted", "step_overhead",
-            "identical_fraction")
+    keys = ("speedup_vs_plain", "speedup_vs_hf", "speedup_hybrid_vs_medusa", "speedup_hybrid_vs_plain",
+            "plain_vs_tf_plain", "tf_speedup_vs_tf_plain", "mean_accepted", "step_overhead", "identical_fraction")
     for key in keys:
         if s.get(key) is not None:
             lines.append(f"{key:20s} {s[key]:.3f}")
     st = s["settings"]
     lines.append(
-        f"model {st['model']} ({st['dtype']}), tree {st['tree']} ({st['tree_size']} slots), "
+        f"model {st['model']} ({st['engine']}, {st['dtype']}, quant {st['quant']}), "
+        f"tree {st['tree']} ({st['tree_size']} slots), "
         f"{st['prompts']} prompts x {st['max_new_tokens']} new tokens, {s['machine']['threads']} threads"
     )
+    for name, mb in (s.get("peak_rss_mb") or {}).items():
+        lines.append(f"peak RSS {name}: {mb:.0f} MB")
     return "\n".join(lines)

@@ -34,8 +34,10 @@ def test_generate_reports_bad_input_without_a_traceback(tiny_model_dir, tmp_path
     assert bad_tree.exit_code == 1 and "unknown tree" in bad_tree.output
     no_heads = invoke("generate", "hi", "--model", tiny_model_dir, "--heads", tmp_path)
     assert no_heads.exit_code == 1 and "no Medusa heads" in no_heads.output
-    quant = invoke("generate", "hi", "--model", tiny_model_dir, "--quant", "4bit")
-    assert quant.exit_code == 1 and "CUDA" in quant.output
+    quant = invoke("generate", "hi", "--model", tiny_model_dir, "--quant", "4bit", "--engine", "transformers")
+    assert quant.exit_code == 1 and "lean decoder" in quant.output and "Traceback" not in quant.output
+    dense = invoke("generate", "hi", "--model", tiny_model_dir, "--quant", "4bit", "--dtype", "fp32")
+    assert dense.exit_code == 1 and "computes in bf16" in dense.output
 
 
 def test_bench_json_has_every_summary_key(tiny_model_dir, tmp_path):
@@ -44,14 +46,16 @@ def test_bench_json_has_every_summary_key(tiny_model_dir, tmp_path):
     out = tmp_path / "report.json"
     result = invoke(
         "bench", "--model", tiny_model_dir, "--prompts", prompts, "--max-new-tokens", 6, "--dtype", "fp32",
-        "--json", out, "--methods", "plain,medusa,hf,hf_lookup,hybrid",
+        "--json", out, "--methods", "plain,medusa,hf,hf_lookup,hybrid,tf_plain,tf_medusa",
     )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     summary = report["summary"]
     for key in ("medusa_tok_s", "plain_tok_s", "hf_tok_s", "hf_lookup_tok_s", "speedup_vs_plain", "speedup_vs_hf",
-                "mean_accepted", "step_overhead", "identical_fraction"):
+                "mean_accepted", "step_overhead", "identical_fraction", "tf_plain_tok_s", "plain_vs_tf_plain"):
         assert isinstance(summary[key], float), key
+    assert summary["settings"]["engine"] == "lean"  # the CPU default; hf/tf methods ran on a transformers copy
+    assert summary["peak_rss_mb"]["lean (load)"] > 0
     assert summary["identical_fraction"] == 1.0
     assert {"cpu", "threads", "torch"} <= set(summary["machine"])
     assert summary["settings"]["max_new_tokens"] == 6 and summary["settings"]["prompts"] == 3

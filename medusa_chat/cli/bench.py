@@ -25,8 +25,14 @@ def bench(
     device: common.DeviceOpt = None,
     threads: common.ThreadsOpt = None,
     methods: Annotated[
-        str, typer.Option("--methods", help="Comma-separated: plain, medusa, hf, hf_lookup, hybrid (Medusa + lookup).")
+        str,
+        typer.Option(
+            "--methods",
+            help="Comma-separated: plain, medusa, hf, hf_lookup, hybrid (Medusa + lookup), and tf_plain, tf_medusa "
+            "(the engine on the transformers path, to compare with the lean decoder).",
+        ),
     ] = "plain,medusa,hf,hf_lookup",
+    engine: common.EngineOpt = None,
     copy: Annotated[
         bool,
         typer.Option("--copy-tasks", help="Two-turn chats whose second turn edits or quotes the model's first answer."),
@@ -36,7 +42,15 @@ def bench(
     """Measure plain, Medusa, transformers generate and prompt lookup side by side, greedy."""
     from tqdm import tqdm
 
-    from ..bench import METHODS, copy_conversations, format_table, read_prompts
+    from ..bench import (
+        METHODS,
+        REFERENCE_METHODS,
+        copy_conversations,
+        format_table,
+        peak_rss_mb,
+        read_prompts,
+        reset_peak_rss,
+    )
     from ..bench import bench as run_bench
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
@@ -51,9 +65,22 @@ def bench(
         texts = read_prompts(prompts, limit)
     except (OSError, ValueError) as exc:
         common.fail(str(exc))
+    reset_peak_rss()
     loaded = common.load_or_fail(
-        model, heads=heads, tree=tree, dtype=dtype, quant=quant, device=device, threads=threads
+        model, heads=heads, tree=tree, dtype=dtype, quant=quant, device=device, threads=threads, engine=engine
     )
+    peaks = {f"{loaded.engine} (load)": peak_rss_mb()}
+    reference = None
+    if loaded.engine != "transformers" and any(m in REFERENCE_METHODS for m in chosen):
+        typer.echo("loading the transformers path for hf/tf methods", err=True)
+        reset_peak_rss()
+        reference = common.load_or_fail(
+            model, heads=heads, tree="chain-1", dtype=dtype if loaded.quant != "none" else loaded.dtype,
+            device=device, threads=threads, engine="transformers", quant="none",
+        )
+        if loaded.generator.has_heads:  # the same tree on both paths
+            reference.generator.set_tree([list(c) for c in loaded.generator.tree.choices], name=loaded.tree_name)
+        peaks["transformers (load, on top)"] = peak_rss_mb()
     if copy:
         typer.echo(f"answering {len(texts)} first turns for the copy tasks", err=True)
         texts = copy_conversations(loaded, texts)
@@ -64,7 +91,8 @@ def bench(
         bar.update()
 
     try:
-        report = run_bench(loaded, texts, max_new_tokens, chosen, on_run)
+        report = run_bench(loaded, texts, max_new_tokens, chosen, on_run, reference=reference)
+        report["summary"]["peak_rss_mb"] = {k: v for k, v in peaks.items() if v is not None}
     except ValueError as exc:
         common.fail(str(exc))
     finally:

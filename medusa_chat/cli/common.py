@@ -16,7 +16,12 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Catalogue name, lo
 HeadsOpt = Annotated[str | None, typer.Option("--heads", help="Medusa heads (directory or file) to use instead.")]
 TreeOpt = Annotated[str | None, typer.Option("--tree", help="A preset (cpu_8, mc_sim_7b_63, chain-4...) or tuned.")]
 DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto | fp32 | bf16 | fp16.")]
-QuantOpt = Annotated[str | None, typer.Option("--quant", help="none | 4bit | 8bit (bitsandbytes, CUDA only).")]
+EngineOpt = Annotated[
+    str | None, typer.Option("--engine", help="auto | lean | transformers (auto: the lean decoder on a CPU).")
+]
+QuantOpt = Annotated[
+    str | None, typer.Option("--quant", help="auto | none | 4bit | 8bit (CPU: lean int4/int8; CUDA: bitsandbytes).")
+]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (1 on a busy machine).")]
 

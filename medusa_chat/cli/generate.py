@@ -14,6 +14,7 @@ from .common import (
     DEFAULT_MODEL,
     DeviceOpt,
     DtypeOpt,
+    EngineOpt,
     HeadsOpt,
     ModelOpt,
     QuantOpt,
@@ -53,6 +54,7 @@ def generate(
         bool, typer.Option("--auto-fallback/--no-auto-fallback", help="Decode plainly while that is measured faster.")
     ] = CHAT.auto_fallback,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")] = False,
+    engine: EngineOpt = None,
 ) -> None:
     """Answer one prompt, streaming the text (or one JSON object with --json)."""
     check_text_or_fail(prompt, "the prompt")
@@ -70,7 +72,9 @@ def generate(
         )
     except ValueError as exc:
         fail(str(exc))
-    loaded = load_or_fail(model, heads=heads, tree=tree, dtype=dtype, quant=quant, device=device, threads=threads)
+    loaded = load_or_fail(
+        model, heads=heads, tree=tree, dtype=dtype, quant=quant, device=device, threads=threads, engine=engine
+    )
     config.stop_strings = loaded.stop_strings
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     if config.medusa and not loaded.generator.has_heads:
@@ -89,13 +93,24 @@ def generate(
         fail("interrupted")
     assert stats is not None
     if as_json:
-        typer.echo(json.dumps(generation_json(stats)))
+        typer.echo(
+            json.dumps(
+                generation_json(stats)
+                | {
+                    "engine": loaded.engine,
+                    "dtype": loaded.dtype,
+                    "quant": loaded.quant,
+                    "tree": loaded.tree_name,
+                }
+            )
+        )
     else:
         typer.echo()
         typer.echo(
             f"[{stats.new_tokens} tokens, {stats.steps} steps, {stats.mean_accepted:.2f} tokens/step, "
             f"{stats.tokens_per_s:.1f} tokens/s, medusa {'on' if stats.medusa else 'off'}, "
-            f"tree {loaded.tree_name}, stop: {stats.stop_reason}]",
+            f"tree {loaded.tree_name}, {loaded.engine} {loaded.dtype}"
+            f"{'' if loaded.quant == 'none' else ' ' + loaded.quant}, stop: {stats.stop_reason}]",
             err=True,
         )
 
