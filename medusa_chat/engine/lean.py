@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .quant import Linear
 
@@ -210,6 +211,7 @@ class LeanLlama:
         elif mask is not None and mask.dtype != torch.bool:
             mask = mask.to(self.dtype)
         cos, sin = self._rope(positions)
+        rows = _row_keys(mask[0, 0]) if batch == 1 and q > 1 and mask is not None and mask.dtype == torch.bool else None
         x = self.embed(ids)  # [B, q, H]
         heads_dim = s.num_heads * s.head_dim
         kv_dim = s.num_kv_heads * s.head_dim
@@ -224,9 +226,7 @@ class LeanLlama:
             self.cache.k[i, :, :, start:end] = xk
             self.cache.v[i, :, :, start:end] = xv
             keys, values = self.cache.k[i, :, :, :end], self.cache.v[i, :, :, :end]  # [B, kv, L + q, D]
-            attn = F.scaled_dot_product_attention(
-                xq, keys, values, attn_mask=mask, enable_gqa=s.num_kv_heads != s.num_heads
-            )  # [B, heads, q, D]
+            attn = self._attend(xq, keys, values, mask, rows)  # [B, heads, q, D]
             x = x + layer.wo(attn.transpose(1, 2).reshape(batch, q, heads_dim))
             h = _rms_norm(x, layer.mlp_norm, s.rms_eps)
             gate, up = layer.w13(h).chunk(2, dim=-1)
@@ -236,6 +236,44 @@ class LeanLlama:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
+
+    def _attend(
+        self,
+        xq: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor | None,
+        rows: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Attention of ``xq`` [B, heads, q, D] over ``keys``/``values`` [B, kv, L + q, D].
+
+        One-token steps and tree rows (``rows``: each row's visible keys, gathered in order and padded
+        at the end) go through the math kernel, whose result for a row depends only on the keys it sees
+        in their order: a tree row equals the one-token step that would have computed it, bit for bit,
+        so greedy Medusa equals plain decoding. Prefill and batched decoding use the fused kernel.
+        """
+        gqa = self.spec.num_kv_heads != self.spec.num_heads
+        if mask is None or xq.shape[0] > 1 or mask.dtype != torch.bool:
+            return F.scaled_dot_product_attention(xq, keys, values, attn_mask=mask, enable_gqa=gqa)
+        with sdpa_kernel(SDPBackend.MATH):
+            if rows is None:  # one token
+                return F.scaled_dot_product_attention(xq, keys, values, attn_mask=mask, enable_gqa=gqa)
+            index, valid = rows  # [q, W]
+            k = keys[0][:, index].transpose(0, 1)  # [q, kv, W, D]
+            v = values[0][:, index].transpose(0, 1)
+            out = F.scaled_dot_product_attention(
+                xq[0].unsqueeze(2).transpose(0, 1), k, v, attn_mask=valid[:, None, None, :], enable_gqa=gqa
+            )  # [q, heads, 1, D]
+            return out.transpose(0, 1).squeeze(2)[None]
+
+
+def _row_keys(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a [q, L + q] bool mask: each row's visible key indices in order, padded [q, W], and their validity."""
+    counts = mask.sum(-1)  # [q]
+    width = int(counts.max())
+    order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)[:, :width]  # visible keys first, ascending
+    valid = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
+    return order, valid
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
