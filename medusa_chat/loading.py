@@ -231,8 +231,8 @@ def _choose_dtype(dtype: str, device: str, quant: str) -> str:
             return "bf16"
         raise LoadError(f"--quant {quant} on a CPU computes in bf16: drop --dtype {dtype} or use --quant none")
     if dtype == "auto":
-        if device == "cpu":
-            return "bf16" if cpu_has_bf16() else "fp32"
+        if device == "cpu":  # exact by default: bf16 is the explicit "fast, not exact" choice
+            return "fp32"
         return "fp16"
     if dtype == "fp16" and device == "cpu":
         raise LoadError("fp16 is very slow for tree verification on a CPU: use --dtype bf16 or fp32")
@@ -254,14 +254,8 @@ def _bnb_problem() -> str | None:
 
 
 def _choose_quant(quant: str, spec: ModelSpec, device: str, engine: str, dtype: str) -> str:
-    """``auto``: the offline default model runs on its own 4-bit weights on a CPU with fast bf16, else none.
-
-    An explicit ``--dtype`` other than bf16 asks for dense weights.
-    """
-    if quant != "auto":
-        return quant
-    fast_int4 = device == "cpu" and engine != "transformers" and cpu_has_bf16() and dtype in ("auto", "bf16")
-    return "4bit" if fast_int4 and spec.head_format == "gguf-package" else "none"
+    """``auto`` is dense weights: exact greedy Medusa by default; ``--quant 4bit`` is the fast choice on a CPU."""
+    return "none" if quant == "auto" else quant
 
 
 def _check_quant(quant: str, device: str, bnb_problem: str | None, engine: str) -> None:

@@ -18,7 +18,7 @@ from medusa_chat.catalog import CHAT_TEMPLATES, ModelSpec
 from medusa_chat.engine.generator import GenerationConfig
 from medusa_chat.engine.heads_io import load_heads, save_heads
 from medusa_chat.export import export_heads
-from medusa_chat.loading import LoadedModel, LoadError, _check_memory, cpu_has_bf16, is_oom, load_model
+from medusa_chat.loading import LoadedModel, LoadError, _check_memory, is_oom, load_model
 from medusa_chat.memory import cpu_memory
 from medusa_chat.paths import user_models_dir
 
@@ -195,11 +195,12 @@ def test_cpu_quantisation_runs_on_the_lean_decoder(world):
         load_model(str(world.root / "local"), quant="3bit")
 
 
-def test_dtype_auto_on_cpu_is_bf16_exactly_when_the_cpu_has_it(world):
+def test_dtype_auto_on_cpu_is_exact_fp32_and_bf16_is_a_choice(world):
     loaded = load_model(str(world.root / "local"))
-    want = "bf16" if cpu_has_bf16() else "fp32"
-    assert loaded.dtype == want
-    assert loaded.generator.decoder.dtype == {"bf16": torch.bfloat16, "fp32": torch.float32}[want]
+    assert (loaded.dtype, loaded.quant, loaded.engine) == ("fp32", "none", "lean")
+    assert loaded.generator.decoder.dtype == torch.float32
+    fast = load_model(str(world.root / "local"), dtype="bf16")
+    assert fast.generator.decoder.dtype == torch.bfloat16
     assert next(loaded.generator.heads.parameters()).dtype == loaded.generator.decoder.dtype
     with pytest.raises(LoadError, match="use --dtype bf16 or fp32"):
         load_model(str(world.root / "local"), dtype="fp16")

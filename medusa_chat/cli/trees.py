@@ -30,10 +30,8 @@ def tuned_summary(model: str) -> str:
     try:
         import torch
 
-        from ..loading import cpu_has_bf16
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = "fp16" if device == "cuda" else ("bf16" if cpu_has_bf16() else "fp32")  # what --dtype auto picks
+        dtype = "fp16" if device == "cuda" else "fp32"  # what --dtype auto picks
         choices = tuned_tree(model, device, dtype)
         if choices is not None:
             size, depth = shape(choices)
