@@ -163,7 +163,7 @@ def _check_types(values: dict[str, Any], source: str) -> None:
         elif not isinstance(value, str):
             raise CatalogError(f"{source}: {key} must be text, not {value!r}")
     if "revision" in values:
-        from .hub import HubError, check_revision
+        from .hub_names import HubError, check_revision
 
         try:
             check_revision(values["revision"])

@@ -25,14 +25,19 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .catalog import ModelSpec, resolve
-from .errors import UserError
+from .hub_names import (
+    COMMIT_RE,
+    REPO_RE,
+    HubError,
+    UnsafePathError,
+    check_commit,
+    check_etag,
+    check_repo_id,
+    check_revision,
+)
 
 REPORT_BYTES = 1 << 20  # a progress event per MiB (and at the end of each file)
 RETRIES = 3
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_ETAG = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")  # a git blob sha1, or the sha256 of an LFS file
-_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|//|@\{")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _MODEL_FILES = re.compile(
     r"^(config\.json|generation_config\.json|tokenizer\.json|tokenizer\.model|tokenizer_config\.json|"
@@ -43,8 +48,6 @@ _BIN = re.compile(r"^pytorch_model[^/]*\.bin$|^pytorch_model\.bin\.index\.json$"
 HEAD_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
 
 
-class HubError(UserError, RuntimeError):
-    """A download that cannot go ahead; the message says what to do."""
 
 
 class OfflineError(HubError):
@@ -71,54 +74,10 @@ class DownloadCancelled(HubError):
     """The cancel event was set; partial files are kept and the next run resumes them."""
 
 
-class UnsafePathError(HubError):
-    """A server- or user-supplied name (commit, ETag, revision, repo id, file name) that is malformed or would
-    put a file outside the cache; nothing was written for it."""
 
 
 class VerificationError(HubError):
     """A downloaded file does not match what the Hub advertised (hash, size, range); its bytes were deleted."""
-
-
-# -- validation of names that become paths -----------------------------------------------------------
-
-
-def check_commit(commit: object, origin: str) -> str:
-    """``commit`` if it is a full commit hash (40 lowercase hex characters), else :class:`UnsafePathError`."""
-    if not isinstance(commit, str) or not _COMMIT.match(commit):
-        raise UnsafePathError(f"{origin} sent {commit!r} as a commit hash (expected 40 hex characters); refusing it")
-    return commit
-
-
-def check_etag(etag: object, origin: str) -> str:
-    """The hash an ETag carries (``"..."`` and ``W/`` removed): hex of 40 or 64 characters, else refused."""
-    value = etag.strip().removeprefix("W/").strip('"').lower() if isinstance(etag, str) else etag
-    if not isinstance(value, str) or not _ETAG.match(value):
-        raise UnsafePathError(f"{origin} sent the ETag {etag!r}, which is not a file hash; refusing it")
-    return value
-
-
-def check_revision(revision: object) -> str:
-    """``revision`` if it is a valid git ref name (branch, tag, ``refs/pr/N``) or commit, else refused."""
-    ok = (
-        isinstance(revision, str)
-        and 0 < len(revision) <= 255
-        and not _REF_FORBIDDEN.search(revision)
-        and not revision.startswith("/")
-        and not revision.endswith(("/", ".", ".lock"))
-        and revision != "@"
-        and not any(part.startswith(".") for part in revision.split("/"))
-    )
-    if not ok:
-        raise UnsafePathError(f"{revision!r} is not a valid revision (a branch, tag or commit name)")
-    return revision  # type: ignore[return-value]
-
-
-def check_repo_id(repo_id: object) -> str:
-    """``repo_id`` if it looks like ``owner/name``, else refused."""
-    if not isinstance(repo_id, str) or not _REPO.match(repo_id) or ".." in repo_id:
-        raise UnsafePathError(f"{repo_id!r} is not a Hub repo id (owner/name)")
-    return repo_id
 
 
 def _inside(path: Path, root: Path | None = None) -> Path:
@@ -222,12 +181,12 @@ def snapshot_dir(repo_id: str, revision: str = "main") -> Path | None:
     """The cached snapshot of ``repo_id`` at ``revision`` (a branch, tag or commit), if any."""
     storage = _storage(repo_id)
     commit = check_revision(revision)
-    if not _COMMIT.match(revision):
+    if not COMMIT_RE.match(revision):
         ref = storage / "refs" / revision
         if not ref.is_file():
             return None
         commit = ref.read_text(errors="replace").strip()
-        if not _COMMIT.match(commit):
+        if not COMMIT_RE.match(commit):
             return None  # a damaged ref: not cached (a download rewrites it)
     snapshot = storage / "snapshots" / commit
     return snapshot if snapshot.is_dir() else None
@@ -414,7 +373,7 @@ def _resolve_auto_heads(spec: ModelSpec, commit: str, sizes: dict[str, int]) -> 
     base = config.get("base_model_name_or_path")
     if not base:
         raise HubError(f"{spec.repo_id}/config.json names no base_model_name_or_path")
-    if not isinstance(base, str) or not _REPO.match(base) or ".." in base:
+    if not isinstance(base, str) or not REPO_RE.match(base) or ".." in base:
         raise UnsafePathError(f"{spec.repo_id}/config.json names {base!r} as its base model, which is not a repo id")
     return replace(spec, head_format="medusa1-heads", base_repo_id=base, revision=commit)
 
@@ -698,7 +657,7 @@ def _auto_base(snapshot: Path | None) -> str | None:
     if snapshot is None or not _is_heads_only(p.name for p in snapshot.iterdir()):
         return None
     base = _json_object(snapshot / "config.json").get("base_model_name_or_path", "")
-    return base if isinstance(base, str) and _REPO.match(base) and ".." not in base else ""
+    return base if isinstance(base, str) and REPO_RE.match(base) and ".." not in base else ""
 
 
 def _require(repo_id: str, revision: str, role: str) -> Path:

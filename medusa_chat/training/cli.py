@@ -116,6 +116,8 @@ def distill_cmd(
     from .features import save_shard_hidden, shard_hidden_path
 
     _threads(threads)
+    from .distill_data import default_data_dir
+
     directory = data or default_data_dir(model)
     try:
         chosen = read_prompts(prompts, num_prompts)
@@ -154,16 +156,6 @@ def distill_cmd(
         raise typer.Exit(1) from exc
     counts = store.manifest.counts() if store.manifest else {}
     typer.echo(f"answered {answered} new prompts; {directory} holds {counts}")
-
-
-def default_data_dir(model: str) -> Path:
-    """The shipped data for the default model; a per-model directory in the user data dir otherwise."""
-    from ..data import DISTILL_DIR
-    from ..paths import data_dir
-
-    if model == DEFAULT_MODEL:
-        return DISTILL_DIR / DEFAULT_MODEL
-    return data_dir() / "distill" / Path(model).name
 
 
 def eval_heads_cmd(

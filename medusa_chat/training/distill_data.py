@@ -292,3 +292,14 @@ class DistillData:
     def _check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         if self.manifest and self.manifest.chat_template_sha256 != chat_template_sha256(tokenizer):
             raise DistillDataError(f"{self.directory} was made with another chat template than this tokenizer's")
+
+
+def default_data_dir(model: str) -> Path:
+    """The shipped data for the default model; a per-model directory in the user data dir otherwise."""
+    from ..data import DISTILL_DIR
+    from ..default_model import NAME
+    from ..paths import data_dir
+
+    if model == NAME:
+        return DISTILL_DIR / NAME
+    return data_dir() / "distill" / Path(model).name

@@ -298,7 +298,7 @@ def fast_decoder(base, dtype: torch.dtype = torch.bfloat16):
 
 
 def data_dir_for(config: TrainConfig) -> Path:
-    from .cli import default_data_dir
+    from .distill_data import default_data_dir
 
     return Path(config.data) if config.data else default_data_dir(config.model)
 
