@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .machine import cpu_model
+
 METHODS = ("plain", "medusa", "hf", "hf_lookup", "hybrid", "tf_plain", "tf_medusa")
 REFERENCE_METHODS = ("hf", "hf_lookup", "tf_plain", "tf_medusa")
 """Methods that run on the transformers path (a second model when the main one is on the lean decoder)."""
@@ -229,7 +231,7 @@ def summarise(
     else:
         summary.update(mean_accepted=None, step_overhead=None, identical_fraction=None)
     summary["machine"] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "device": loaded.device,
@@ -267,16 +269,6 @@ def _ratio(speed: dict[str, float], a: str, b: str) -> float | None:
     if a in speed and b in speed and speed[b] > 0:
         return round(speed[a] / speed[b], 4)
     return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def format_table(report: dict) -> str:

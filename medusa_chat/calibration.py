@@ -16,12 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .machine import cpu_flags, cpu_model
 from .paths import data_dir
 
 SIZES = (2, 3, 4, 6, 8, 12, 16)
@@ -52,16 +52,8 @@ def enabled() -> bool:
 
 def cpu_signature() -> str:
     """CPU model name and the instruction-set flags that change kernel speed."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.machine()):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = {f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma"))}
-    except OSError:
-        pass
-    return f"{model} [{' '.join(sorted(flags))}]"
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma")))
+    return f"{cpu_model()} [{' '.join(flags)}]"
 
 
 def heads_checksum(heads_path: Path | None) -> str:

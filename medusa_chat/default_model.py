@@ -55,23 +55,11 @@ def ensure_converted(progress: Progress | None = None) -> Path:
     """The converted checkpoint directory, converting the GGUF first if needed."""
     report = progress or (lambda _phase: None)
     target = converted_dir()
-    if is_complete(target):
-        return target
-    source = gguf_path()
-    report(f"converting {source.name} (once, about 30 s)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=target.parent))
-    tmp.chmod(0o755)
-    try:
-        convert_gguf(source, tmp, report)
-        (tmp / MARKER).write_text(f"converted from {source.name}\n")
-        if target.exists():  # a half-written directory: never loaded, replaced
-            report("removing an incomplete conversion")
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    report("done")
+    if not is_complete(target):
+        source = gguf_path()
+        report(f"converting {source.name} (once, about 30 s)")
+        _write_once(target, lambda tmp: convert_gguf(source, tmp, report), f"converted from {source.name}", report)
+        report("done")
     return target
 
 
@@ -82,30 +70,42 @@ def metadata_dir() -> Path:
 
 def ensure_metadata(progress: Progress | None = None) -> Path:
     """The config + tokenizer directory for loading the GGUF directly, written once (atomically)."""
-    from transformers import AutoConfig, AutoTokenizer
-
     report = progress or (lambda _phase: None)
     target = metadata_dir()
-    if is_complete(target):
-        return target
-    source = gguf_path()
-    report(f"reading the config and tokenizer of {source.name} (once)")
+    if not is_complete(target):
+        source = gguf_path()
+        report(f"reading the config and tokenizer of {source.name} (once)")
+        _write_once(target, lambda tmp: save_metadata(source, tmp), f"config and tokenizer of {source.name}", report)
+    return target
+
+
+def _write_once(target: Path, build: Callable[[Path], None], note: str, report: Progress) -> None:
+    """Build ``target`` in a temporary directory, mark it complete, then rename it into place.
+
+    A directory without the marker (an interrupted run, a copy gone wrong) is never loaded: it is replaced.
+    """
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     tmp.chmod(0o755)
     try:
-        config = AutoConfig.from_pretrained(str(source.parent), gguf_file=source.name)
-        config.quantization_config = None
-        del config.quantization_config
-        config.save_pretrained(str(tmp))
-        AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name).save_pretrained(str(tmp))
-        (tmp / MARKER).write_text(f"config and tokenizer of {source.name}\n")
+        build(tmp)
+        (tmp / MARKER).write_text(note + "\n")
         if target.exists():
+            report(f"removing an incomplete {target.name}")
             shutil.rmtree(target)
         tmp.rename(target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+
+def save_metadata(source: Path, out: Path) -> None:
+    """The GGUF's transformers config (without its quantization config) and tokenizer, into ``out``."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(str(source.parent), gguf_file=source.name)
+    config.__dict__.pop("quantization_config", None)
+    config.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name).save_pretrained(str(out))
 
 
 def convert_gguf(source: Path, out: Path, report: Progress) -> None:

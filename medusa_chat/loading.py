@@ -4,9 +4,10 @@ Where the files are: :func:`medusa_chat.hub.local_files` maps every catalogue la
 and a heads path (nothing is fetched here: a model not in the cache gives a :class:`LoadError` naming
 ``medusa-chat models download``); the packaged default model is converted from its GGUF once.
 
-Device and precision: CUDA when present, else CPU. ``dtype`` "auto" picks bf16 on a CPU with native
-bf16 instructions (tree verification costs little more than one token there) and fp32 otherwise;
-fp16 on CUDA. ``quant`` "4bit" (nf4) / "8bit" loads the base through bitsandbytes (CUDA only); the
+Device and precision: CUDA when present, else CPU. ``dtype`` "auto" is fp32 on a CPU (greedy Medusa
+equals plain decoding) and fp16 on CUDA. On a CPU, Llama/Mistral models run on the lean decoder
+(``engine``), where ``quant`` "4bit"/"8bit" means int4/int8 weight-only layers (the default model's GGUF
+is then read directly); on CUDA ``quant`` loads the base through bitsandbytes and the
 heads stay in half precision. Before any weight is read the memory the model needs is estimated
 (:mod:`medusa_chat.memory`) and a model that clearly cannot fit is refused with the nearest choice
 that does; an out-of-memory error while loading frees the partial model and becomes a
@@ -140,7 +141,7 @@ def load_model(
     engine = engine or "auto"
     if engine not in ENGINES:
         raise LoadError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
-    quant = _choose_quant(quant or "auto", spec, device, engine, dtype or "auto")
+    quant = "none" if quant in (None, "auto") else quant  # dense by default: exact greedy Medusa
     dtype_name = _choose_dtype(dtype or "auto", device, quant)
     bnb_problem = _bnb_problem() if device != "cpu" else "no CUDA GPU"
     _check_quant(quant, device, bnb_problem, engine)
@@ -180,15 +181,6 @@ def is_oom(exc: BaseException) -> bool:
         return True
     message = str(exc).lower()
     return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
-
-
-def cpu_has_bf16() -> bool:
-    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def free_memory() -> None:
@@ -251,11 +243,6 @@ def _bnb_problem() -> str | None:
     if not getattr(lib, "compiled_with_cuda", False):
         return "the installed bitsandbytes has no CUDA support (a CPU-only build, or none matching this CUDA)"
     return None
-
-
-def _choose_quant(quant: str, spec: ModelSpec, device: str, engine: str, dtype: str) -> str:
-    """``auto`` is dense weights: exact greedy Medusa by default; ``--quant 4bit`` is the fast choice on a CPU."""
-    return "none" if quant == "auto" else quant
 
 
 def _check_quant(quant: str, device: str, bnb_problem: str | None, engine: str) -> None:
@@ -479,7 +466,6 @@ def _assemble(
     engine: str = "auto",
     gguf: bool = False,
 ) -> LoadedModel:
-    import torch
 
     from .engine.generator import Generator
     from .engine.heads_io import heads_choice_note, load_heads
@@ -494,7 +480,7 @@ def _assemble(
             report(note)
             notes.append(note)
         config = decoder.config.get_text_config()
-        lm_head = decoder.output_rows(torch.arange(config.vocab_size)) if quant == "none" else None
+        lm_head = getattr(decoder.lm_head, "weight", None)  # dense projections only: no copy
         medusa = load_heads(heads_path, config.hidden_size, config.vocab_size, lm_head=lm_head)
     else:
         notes.append("no Medusa heads found: plain decoding only")

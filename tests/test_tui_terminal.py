@@ -47,15 +47,7 @@ def wait_for(session: str, predicate, timeout: float, what: str) -> str:
 
 
 def test_chat_in_a_real_terminal(tmp_path, smollm2_cache):
-    env = {
-        **os.environ,
-        "MEDUSA_CHAT_CONFIG_DIR": str(tmp_path / "config"),
-        "MEDUSA_CHAT_DATA_DIR": str(tmp_path / "data"),
-        "MEDUSA_CHAT_CACHE_DIR": str(smollm2_cache),
-        "HF_HUB_OFFLINE": "1",
-        "TERM": "xterm-256color",
-        "OMP_NUM_THREADS": "1",
-    }
+    env = app_env(tmp_path, smollm2_cache)
     session = f"medusa-chat-test-{os.getpid()}"
     command = f"{SCRIPT} --model smollm2-135m-instruct --theme medusa-high-contrast"
     subprocess.run(
@@ -88,15 +80,9 @@ def test_chat_in_a_real_terminal(tmp_path, smollm2_cache):
     assert db.exists()
 
 
-def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=120)
-
-
-def test_walkthrough_at_70x25(tmp_path, smollm2_cache):
-    """Issue 12's terminal-visible items on the real default model, at 70x25."""
-    from medusa_chat.store import Store
-
-    env = {
+def app_env(tmp_path, smollm2_cache) -> dict:
+    """A fresh home for the app (config, data) on the shared converted model, offline, one thread."""
+    return {
         **os.environ,
         "MEDUSA_CHAT_CONFIG_DIR": str(tmp_path / "config"),
         "MEDUSA_CHAT_DATA_DIR": str(tmp_path / "data"),
@@ -105,6 +91,17 @@ def test_walkthrough_at_70x25(tmp_path, smollm2_cache):
         "TERM": "xterm-256color",
         "OMP_NUM_THREADS": "1",
     }
+
+
+def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_walkthrough_at_70x25(tmp_path, smollm2_cache):
+    """Issue 12's terminal-visible items on the real default model, at 70x25."""
+    from medusa_chat.store import Store
+
+    env = app_env(tmp_path, smollm2_cache)
     assert cli(env, "--version").stdout.startswith("medusa-chat ")
     trees = cli(env, "trees").stdout
     assert "chain-N" in trees and "\ntuned " in trees

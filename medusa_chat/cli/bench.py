@@ -8,22 +8,34 @@ from typing import Annotated
 
 import typer
 
-from . import common
+from .common import (
+    DEFAULT_MODEL,
+    DeviceOpt,
+    DtypeOpt,
+    EngineOpt,
+    HeadsOpt,
+    ModelOpt,
+    QuantOpt,
+    ThreadsOpt,
+    TreeOpt,
+    fail,
+    load_or_fail,
+)
 
 
 def bench(
-    model: common.ModelOpt = common.DEFAULT_MODEL,
-    heads: common.HeadsOpt = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    heads: HeadsOpt = None,
     prompts: Annotated[
         str, typer.Option("--prompts", help="JSONL file with a 'prompt' field per line (default: the shipped dev set).")
     ] = "",
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use the first N prompts.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 128,
-    tree: common.TreeOpt = None,
-    dtype: common.DtypeOpt = None,
-    quant: common.QuantOpt = None,
-    device: common.DeviceOpt = None,
-    threads: common.ThreadsOpt = None,
+    tree: TreeOpt = None,
+    dtype: DtypeOpt = None,
+    quant: QuantOpt = None,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     methods: Annotated[
         str,
         typer.Option(
@@ -32,7 +44,7 @@ def bench(
             "(the engine on the transformers path, to compare with the lean decoder).",
         ),
     ] = "plain,medusa,hf,hf_lookup",
-    engine: common.EngineOpt = None,
+    engine: EngineOpt = None,
     copy: Annotated[
         bool,
         typer.Option("--copy-tasks", help="Two-turn chats whose second turn edits or quotes the model's first answer."),
@@ -56,7 +68,7 @@ def bench(
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in METHODS]
     if unknown:
-        common.fail(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
+        fail(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
     if not prompts:
         from ..prompts import DEV_PROMPTS
 
@@ -64,9 +76,9 @@ def bench(
     try:
         texts = read_prompts(prompts, limit)
     except (OSError, ValueError) as exc:
-        common.fail(str(exc))
+        fail(str(exc))
     reset_peak_rss()
-    loaded = common.load_or_fail(
+    loaded = load_or_fail(
         model, heads=heads, tree=tree, dtype=dtype, quant=quant, device=device, threads=threads, engine=engine
     )
     peaks = {f"{loaded.engine} (load)": peak_rss_mb()}
@@ -74,7 +86,7 @@ def bench(
     if loaded.engine != "transformers" and any(m in REFERENCE_METHODS for m in chosen):
         typer.echo("loading the transformers path for hf/tf methods", err=True)
         reset_peak_rss()
-        reference = common.load_or_fail(
+        reference = load_or_fail(
             model, heads=heads, tree="chain-1", dtype=dtype if loaded.quant != "none" else loaded.dtype,
             device=device, threads=threads, engine="transformers", quant="none",
         )
@@ -94,7 +106,7 @@ def bench(
         report = run_bench(loaded, texts, max_new_tokens, chosen, on_run, reference=reference)
         report["summary"]["peak_rss_mb"] = {k: v for k, v in peaks.items() if v is not None}
     except ValueError as exc:
-        common.fail(str(exc))
+        fail(str(exc))
     finally:
         bar.close()
     typer.echo(format_table(report))

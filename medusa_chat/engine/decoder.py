@@ -50,6 +50,14 @@ class Decoder(Protocol):
     def select_rows(self, rows: torch.Tensor) -> None: ...
 
 
+def attach_heads(heads, decoder: Decoder):
+    """``heads`` in the decoder's device and dtype, with their draft projection (rows of its lm_head), ready to run."""
+    heads = heads.to(device=decoder.device, dtype=decoder.dtype).eval()
+    if heads.draft_vocab is not None:
+        heads.use_base_projection(decoder.output_rows(heads.draft_vocab).to(decoder.dtype))
+    return heads
+
+
 class TransformersDecoder:
     """A transformers causal LM over a ``DynamicCache``, behind :class:`Decoder`."""
 
@@ -82,6 +90,8 @@ class TransformersDecoder:
         self.cache = new_cache()
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if ids.shape == (1, 1):  # one token of one row sees the whole cache: no mask to build
+            mask = None
         if mask is not None:  # transformers takes an additive float mask
             mask = torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill(
                 ~mask, torch.finfo(self.dtype).min

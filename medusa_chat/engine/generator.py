@@ -27,7 +27,7 @@ from torch import nn
 from ..errors import UserError
 from . import acceptance
 from .config import ACCEPTANCE_MODES, GenerationConfig
-from .decoder import Decoder, TransformersDecoder
+from .decoder import Decoder, TransformersDecoder, attach_heads
 from .events import GenerationStats, StepEvent
 from .heads import MedusaHeads
 from .lookup import lookup_draft
@@ -116,9 +116,7 @@ class Generator:
         self.heads = heads
         self.device = self.decoder.device
         if heads is not None:
-            heads.to(device=self.device, dtype=self.decoder.dtype).eval()
-            if heads.draft_vocab is not None:
-                heads.use_base_projection(self.decoder.output_rows(heads.draft_vocab).to(self.decoder.dtype))
+            attach_heads(heads, self.decoder)
         self.max_context = max_context or _context_window(self.decoder.config)
         self.eos_ids = eos_ids if eos_ids is not None else _eos_ids(self.decoder, tokenizer)
         self._cached_ids: list[int] = []

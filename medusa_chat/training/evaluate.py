@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..engine.decoder import attach_heads
 from ..prompts import read_prompts
 from .batched import greedy_batch
 from .distill_data import encode_prompt
@@ -61,14 +62,6 @@ class HeadsAccuracy:
         return "\n".join(lines)
 
 
-def prepare_heads(heads: MedusaHeads, decoder: Decoder) -> MedusaHeads:
-    """``heads`` in the decoder's dtype with their draft projection, as the generator runs them."""
-    heads = heads.to(device=decoder.device, dtype=decoder.dtype).eval()
-    if heads.draft_vocab is not None:
-        heads.use_base_projection(decoder.output_rows(heads.draft_vocab).to(decoder.dtype))
-    return heads
-
-
 def evaluate_heads(
     decoder: Decoder,
     tokenizer: PreTrainedTokenizerBase,
@@ -91,7 +84,7 @@ def evaluate_heads(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
     hits = torch.zeros(k, TOP_RANKS, dtype=torch.long)
     samples = torch.zeros(k, dtype=torch.long)
-    heads = prepare_heads(heads, decoder)
+    heads = attach_heads(heads, decoder)
     for start in range(0, len(encoded), batch_size):
         hidden: list[torch.Tensor] = []
         answers = greedy_batch(decoder, encoded[start : start + batch_size], steps + k, eos_ids, pad_id, hidden)
