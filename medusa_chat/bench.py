@@ -156,12 +156,16 @@ def bench(
     methods: Iterable[str] = DEFAULT_METHODS,
     on_run: Callable[[int, Run], None] | None = None,
     reference=None,
+    profile: bool = False,
 ) -> dict:
     """Run every method on every prompt or conversation (rotating the order per prompt) and summarise.
 
     ``reference`` is the same model on the transformers path, for :data:`REFERENCE_METHODS` when
-    ``loaded`` runs on the lean decoder (by default they run on ``loaded`` itself).
+    ``loaded`` runs on the lean decoder (by default they run on ``loaded`` itself). ``profile``
+    times the sections of each step of our generator's methods (``summary["profile"]``, ms per step).
     """
+    from .engine.profile import StepProfile
+
     methods = [m for m in METHODS if m in set(methods)]
     if "medusa" in methods and not loaded.generator.has_heads:
         raise ValueError(f"{loaded.name} has no Medusa heads to benchmark: pass --heads")
@@ -176,16 +180,26 @@ def bench(
     for method in methods:
         RUNNERS[method](target(method), warm, 4)
     per_prompt = []
+    profiles = {m: StepProfile(loaded.device) for m in methods if profile and m not in ("hf", "hf_lookup")}
     for i, prompt in enumerate(prompts):
         ids = loaded.chat_ids(as_conversation(prompt))
         order = methods[i % len(methods) :] + methods[: i % len(methods)]
         runs = {}
         for method in order:
-            runs[method] = RUNNERS[method](target(method), ids, max_new_tokens)
+            generator = target(method).generator
+            generator.profile = profiles.get(method)
+            try:
+                runs[method] = RUNNERS[method](target(method), ids, max_new_tokens)
+            finally:
+                generator.profile = None
             if on_run:
                 on_run(i, runs[method])
         per_prompt.append(runs)
-    return summarise(loaded, prompts, per_prompt, methods, max_new_tokens)
+    report = summarise(loaded, prompts, per_prompt, methods, max_new_tokens)
+    if profiles:
+        report["summary"]["profile"] = {m: {k: round(v, 3) for k, v in p.per_step_ms().items()}
+                                        for m, p in profiles.items()}
+    return report
 
 
 def summarise(
@@ -291,4 +305,19 @@ def format_table(report: dict) -> str:
     )
     for name, mb in (s.get("peak_rss_mb") or {}).items():
         lines.append(f"peak RSS {name}: {mb:.0f} MB")
+    if s.get("profile"):
+        lines += ["", format_profile(s["profile"])]
+    return "\n".join(lines)
+
+
+def format_profile(profile: dict[str, dict[str, float]]) -> str:
+    """Milliseconds per step in each section, a column per method."""
+    from .engine.profile import SECTIONS
+
+    methods = list(profile)
+    lines = [f"{'ms per step':14s}" + "".join(f"{m:>11s}" for m in methods)]
+    for section in (*SECTIONS, "other", "total"):
+        if any(section in profile[m] for m in methods):
+            cells = "".join(f"{profile[m][section]:11.2f}" if section in profile[m] else f"{'':11s}" for m in methods)
+            lines.append(f"{section:14s}{cells}")
     return "\n".join(lines)

@@ -85,3 +85,22 @@ def test_bench_copy_tasks_are_two_turn_chats(tiny_model_dir, tmp_path):
     assert [r["turns"] for r in rows] == [2, 2]
     assert rows[0]["last"] == "Repeat your previous answer exactly."
     assert all(r["hybrid_identical"] and r["identical"] for r in rows)
+
+
+def test_bench_profile_splits_each_step_into_sections_that_add_up(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["Hello there", "Count to five"]))
+    out = tmp_path / "profile.json"
+    result = invoke(
+        "bench", "--model", tiny_model_dir, "--prompts", prompts, "--max-new-tokens", 8, "--dtype", "fp32",
+        "--methods", "plain,medusa", "--profile", "--json", out,
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.read_text())["summary"]
+    plain, medusa = summary["profile"]["plain"], summary["profile"]["medusa"]
+    assert {"forward", "logits", "acceptance", "other", "total"} <= set(plain) and "tree forward" not in plain
+    assert {"heads", "tree forward", "logits", "acceptance", "compaction", "other"} <= set(medusa)
+    for sections in (plain, medusa):
+        parts = sum(v for k, v in sections.items() if k != "total")
+        assert sections["total"] > 0 and abs(parts - sections["total"]) < 0.01 * sections["total"] + 1e-3
+    assert "tree forward" in result.stdout and "ms per step" in result.stdout

@@ -49,6 +49,36 @@ def test_logits_match_transformers_prefill_steps_and_tree(arch):
                                    atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tree_rows_equal_one_token_steps_bit_for_bit(dtype):
+    """int4 weights (a row-independent kernel): every tree row's hidden state equals the one-token
+    step along its path exactly, at many cache lengths, so greedy Medusa is lossless on this decoder."""
+    from medusa_chat.engine.presets import PRESETS
+    from medusa_chat.engine.tree import build_tree
+
+    model = tiny_model("llama", dtype=torch.float32, num_attention_heads=4, num_key_value_heads=2)
+    lean = _lean(model, dtype, quant="int4")
+    tree = build_tree(PRESETS["cpu_16"], topk=10)
+    torch.manual_seed(3)
+    for length in (5, 17, 31, 64, 93):
+        ids = torch.randint(5, 300, (1, length))
+        tree_ids = torch.randint(5, 300, (1, tree.size))
+        with torch.inference_mode():
+            lean.new_cache()
+            lean.forward(ids, torch.arange(length)[None])
+            prefix = (lean.cache.k.clone(), lean.cache.v.clone())
+            mask = torch.cat([torch.ones(tree.size, length, dtype=torch.bool), tree.ancestor_mask], -1)
+            rows = lean.forward(tree_ids, length + tree.depths[None], mask[None, None])[0]
+            for node in range(tree.size):
+                path = torch.nonzero(tree.ancestor_mask[node]).flatten()  # ancestors in order, then the node
+                lean.cache.k, lean.cache.v = prefix[0].clone(), prefix[1].clone()
+                lean.cache.length = length
+                for depth, slot in enumerate(path.tolist()):
+                    visible = torch.ones(1, 1, 1, length + depth + 1, dtype=torch.bool)
+                    step = lean.forward(tree_ids[:, slot : slot + 1], torch.tensor([[length + depth]]), visible)
+                assert torch.equal(step[0, 0], rows[node]), (length, node)
+
+
 def test_unsupported_architecture_is_refused():
     model = tiny_model("qwen2", dtype=torch.float32)
     with pytest.raises(UnsupportedModel, match="qwen2"):
@@ -102,3 +132,12 @@ def test_int8_kernel_computes_its_dequantised_weight():
     assert (dense - weight).abs().max() < weight.abs().max() / 100
     x = torch.randn(3, 128)
     torch.testing.assert_close(layer(x), x @ dense.T, atol=1e-4, rtol=1e-4)
+
+
+def test_int4_stacked_from_row_blocks_equals_the_whole_matrix():
+    torch.manual_seed(2)
+    weight = torch.randn(320, 96)
+    whole = Int4(*quantize_int4(weight), dtype=torch.bfloat16)
+    stacked = Int4.stack_rows([Int4(*quantize_int4(weight[i : i + 128]), dtype=torch.bfloat16) for i in (0, 128, 256)])
+    x = torch.randn(5, 96).to(torch.bfloat16)
+    assert torch.equal(stacked(x), whole(x)) and stacked.out_features == 320

@@ -50,6 +50,10 @@ def bench(
         typer.Option("--copy-tasks", help="Two-turn chats whose second turn edits or quotes the model's first answer."),
     ] = False,
     json_out: Annotated[str | None, typer.Option("--json", help="Write the full report to this file.")] = None,
+    profile: Annotated[
+        bool,
+        typer.Option("--profile", help="Also print where each step's time goes (heads, tree forward, logits, ...)."),
+    ] = False,
 ) -> None:
     """Measure plain, Medusa, transformers generate and prompt lookup side by side, greedy."""
     from tqdm import tqdm
@@ -103,7 +107,7 @@ def bench(
         bar.update()
 
     try:
-        report = run_bench(loaded, texts, max_new_tokens, chosen, on_run, reference=reference)
+        report = run_bench(loaded, texts, max_new_tokens, chosen, on_run, reference=reference, profile=profile)
         report["summary"]["peak_rss_mb"] = {k: v for k, v in peaks.items() if v is not None}
     except ValueError as exc:
         fail(str(exc))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +33,7 @@ from .events import GenerationStats, StepEvent
 from .heads import MedusaHeads
 from .lookup import lookup_draft
 from .presets import DEFAULT_CPU_TREE, fit_to_heads, preset
+from .profile import StepProfile
 from .sampling import select
 from .text import TextStream
 from .tree import Tree, build_tree, with_chain
@@ -121,6 +123,7 @@ class Generator:
         self.eos_ids = eos_ids if eos_ids is not None else _eos_ids(self.decoder, tokenizer)
         self._cached_ids: list[int] = []
         self.plain_rate: float | None = None  # measured plain tokens/s (calibration or fallback probes)
+        self.profile: StepProfile | None = None  # set to time each step's sections (bench --profile)
         self._chains: dict[int, tuple] = {}
         self.tree_name = "none"
         self.tree = build_tree([])
@@ -227,6 +230,8 @@ class Generator:
                     delta = text.push(tokens)
                     step_time = time.perf_counter() - t0
                     decode_time += step_time
+                    if self.profile:
+                        self.profile.add_step(step_time)
                     steps += bool(tokens)  # a step that only found the end of the answer emits nothing
                     fallback = pace is not None and mode == "plain"
                     if pace:
@@ -278,15 +283,18 @@ class Generator:
         """Feed the tokens emitted but not yet cached (a plain step defers its forward pass)."""
         if not state.pending:
             return state
-        hidden = self._forward(state.pending)
+        with self._section("forward"):
+            hidden = self._forward(state.pending)
         self._cached_ids.extend(state.pending)
-        return _State(self._logits(hidden[-1]), hidden[-1])
+        with self._section("logits"):
+            return _State(self._logits(hidden[-1]), hidden[-1])
 
     def _plain_step(self, state: _State, config: GenerationConfig, rng) -> tuple[list[int], list[bool], _State]:
         """Pick the next token; its forward pass happens at the start of the next step (if any)."""
         root = state.root
         state = self._flush(state)
-        token = root if root is not None else select(state.logits, config.temperature, config.top_p, rng)
+        with self._section("acceptance"):
+            token = root if root is not None else select(state.logits, config.temperature, config.top_p, rng)
         return [token], [False], _State(state.logits, state.hidden, pending=[token])
 
     def _medusa_step(
@@ -300,9 +308,10 @@ class Generator:
         tree = self.tree
         tokens = torch.tensor([root], device=self.device)
         if self.heads is not None and tree.depth:
-            embedding = self.decoder.embed(tokens)[0] if self.heads.root_conditioned else None
-            proposals = self.heads.propose(state.hidden, self.decoder.lm_head, tree.depth, tree.topk, embedding)
-            tokens = torch.cat([tokens, proposals.flatten()])[tree.tree_indices]
+            with self._section("heads"):
+                embedding = self.decoder.embed(tokens)[0] if self.heads.root_conditioned else None
+                proposals = self.heads.propose(state.hidden, self.decoder.lm_head, tree.depth, tree.topk, embedding)
+                tokens = torch.cat([tokens, proposals.flatten()])[tree.tree_indices]
         draft = lookup_draft([*self._cached_ids, root], config.prompt_lookup) if config.prompt_lookup else []
         tree, block = self._tree_with_chain(len(draft))
         if draft:
@@ -310,9 +319,25 @@ class Generator:
 
         start = self.decoder.cache_length
         mask = torch.cat([block.new_ones(tree.size, start), block], dim=-1)
-        hidden = self._forward(tokens, mask=mask, positions=start + tree.depths)
-        logits = self.decoder.logits(hidden)
+        with self._section("tree forward"):
+            hidden = self._forward(tokens, mask=mask, positions=start + tree.depths)
+        with self._section("logits"):
+            logits = self.decoder.logits(hidden)
 
+        with self._section("acceptance"):
+            slots, next_root = self._accept(tokens, tree, logits, config, rng)
+        with self._section("compaction"):
+            self.decoder.keep_path(start, slots)
+            emitted = tokens[slots].tolist()
+        self._cached_ids.extend(emitted)
+        last = slots[-1]
+        from_heads = [False] + [True] * (len(emitted) - 1)
+        return emitted, from_heads, _State(logits[last], hidden[last], root=next_root), tree.size
+
+    def _accept(
+        self, tokens: torch.Tensor, tree: Tree, logits: torch.Tensor, config: GenerationConfig, rng
+    ) -> tuple[torch.Tensor, int | None]:
+        """The accepted slots (root first) and, for exact sampling, the next root already drawn."""
         next_root = None
         if config.temperature > 0 and config.acceptance == "exact":
             path, next_root = acceptance.sample_walk(
@@ -330,12 +355,11 @@ class Generator:
                 ok = acceptance.greedy_nodes(tokens, logits, tree.parents)
                 row, length = acceptance.best_path(ok, tree.retrieve_indices)
             slots = tree.retrieve_indices[row, : length + 1]
-        self.decoder.keep_path(start, slots)
-        emitted = tokens[slots].tolist()
-        self._cached_ids.extend(emitted)
-        last = slots[-1]
-        from_heads = [False] + [True] * (len(emitted) - 1)
-        return emitted, from_heads, _State(logits[last], hidden[last], root=next_root), tree.size
+        return slots, next_root
+
+    def _section(self, name: str):
+        """A timed section of the step when profiling, else nothing."""
+        return self.profile.section(name) if self.profile else nullcontext()
 
     def _forward(
         self, tokens: Sequence[int] | torch.Tensor, mask: torch.Tensor | None = None, positions=None

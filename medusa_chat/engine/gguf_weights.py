@@ -18,6 +18,7 @@ from .lean import Layer, LeanLlama, LlamaSpec
 from .quant import GROUP, Int4, Linear
 
 Q4_0, Q4_1, Q8_0 = "Q4_0", "Q4_1", "Q8_0"
+BLOCK_ROWS = 4096  # rows of a large matrix (the embedding) converted at a time: bounds the peak memory
 
 
 class GGUFError(ValueError):
@@ -88,19 +89,41 @@ class _Reader:
             raise GGUFError(f"{self.path} has no tensor {name!r}: not a complete Llama-family GGUF")
         return self.tensors[name]
 
-    def dense(self, name: str) -> torch.Tensor:
-        """Any tensor as fp32 [rows, cols] (or [n] for vectors)."""
+    def rows(self, name: str) -> int:
+        return int(self._tensor(name).data.shape[0])
+
+    def dense(self, name: str, rows: slice = slice(None)) -> torch.Tensor:
+        """Any tensor, or a slice of its rows, as fp32 [rows, cols] (or [n] for vectors)."""
         from gguf.quants import dequantize as gguf_dequantize
 
         t = self._tensor(name)
         kind = t.tensor_type.name
+        data = t.data[rows]
         if kind == Q8_0:
-            return unpack_q8_0(t.data)
+            return unpack_q8_0(data)
         if kind in (Q4_0, Q4_1):
-            return dequantize(*(unpack_q4_0 if kind == Q4_0 else unpack_q4_1)(t.data))
+            return dequantize(*(unpack_q4_0 if kind == Q4_0 else unpack_q4_1)(data))
         if kind not in ("F32", "F16", "BF16"):
             self.dequantised.add(kind)
-        return torch.from_numpy(np.asarray(gguf_dequantize(t.data, t.tensor_type), dtype=np.float32).copy())
+        return torch.from_numpy(np.asarray(gguf_dequantize(data, t.tensor_type), dtype=np.float32).copy())
+
+    def dense_in_blocks(self, name: str, dtype: torch.dtype, int4_blocks: bool = False) -> tuple[torch.Tensor, list]:
+        """A large matrix in ``dtype`` and, if asked, as int4 layers of :data:`BLOCK_ROWS` rows each (for
+        :meth:`Int4.stack_rows`), dequantised a block at a time so no whole fp32 copy ever exists."""
+        from .quant import quantize_int4
+
+        n = self.rows(name)
+        out: torch.Tensor | None = None
+        blocks = []
+        for start in range(0, n, BLOCK_ROWS):
+            block = self.dense(name, slice(start, start + BLOCK_ROWS))  # fp32
+            if out is None:
+                out = torch.empty(n, block.shape[1], dtype=dtype)
+            out[start : start + len(block)] = block
+            if int4_blocks:
+                blocks.append(Int4(*quantize_int4(block), dtype=dtype))
+        assert out is not None
+        return out, blocks
 
     def int4_parts(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(q, scale, zero) for the int4 kernel: exact for Q4_0/Q4_1, requantised from dense otherwise."""
@@ -153,19 +176,11 @@ def _build(reader: _Reader, spec: LlamaSpec, dtype: torch.dtype, config) -> Lean
                 w2=int4(b + "ffn_down.weight"),
             )
         )
-    embed = reader.dense("token_embd.weight")
-    head: Linear = Int4(*_int4_of(reader, "output.weight" if "output.weight" in reader.tensors else None, embed),
-                        dtype=dtype)
+    tied = "output.weight" not in reader.tensors
+    embed, head_blocks = reader.dense_in_blocks("token_embd.weight", dtype, int4_blocks=tied)
+    head = Int4.stack_rows(head_blocks) if tied else int4("output.weight")
     if reader.dequantised:
         reader.note(f"{reader.path.name}: {', '.join(sorted(reader.dequantised))} weights dequantised and requantised "
                     "to int4 (only Q4_0/Q4_1 map exactly)")
     norm = reader.dense("output_norm.weight").to(dtype)
-    return LeanLlama(spec, embed.to(dtype), layers, norm, head, dtype, config)
-
-
-def _int4_of(reader: _Reader, name: str | None, tied: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The output projection as int4 parts: its own tensor, or the (tied) embedding requantised."""
-    from .quant import quantize_int4
-
-    return reader.int4_parts(name) if name else quantize_int4(tied)
-
+    return LeanLlama(spec, embed, layers, norm, head, dtype, config)

@@ -206,12 +206,13 @@ class LeanLlama:
         start = self.cache.length
         end = start + q
         self.cache.reserve(end)
+        tree = mask is not None and mask.dtype == torch.bool  # one-token steps and tree rows, computed alike
         if mask is None and q > 1:
             mask = torch.ones(q, end, dtype=torch.bool, device=self.device).tril(start)[None, None]
         elif mask is not None and mask.dtype != torch.bool:
             mask = mask.to(self.dtype)
         cos, sin = self._rope(positions)
-        rows = _row_keys(mask[0, 0]) if batch == 1 and q > 1 and mask is not None and mask.dtype == torch.bool else None
+        groups = _row_groups(mask[0, 0]) if batch == 1 and tree else None
         x = self.embed(ids)  # [B, q, H]
         heads_dim = s.num_heads * s.head_dim
         kv_dim = s.num_kv_heads * s.head_dim
@@ -226,7 +227,7 @@ class LeanLlama:
             self.cache.k[i, :, :, start:end] = xk
             self.cache.v[i, :, :, start:end] = xv
             keys, values = self.cache.k[i, :, :, :end], self.cache.v[i, :, :, :end]  # [B, kv, L + q, D]
-            attn = self._attend(xq, keys, values, mask, rows)  # [B, heads, q, D]
+            attn = self._attend(xq, keys, values, mask, groups)  # [B, heads, q, D]
             x = x + layer.wo(attn.transpose(1, 2).reshape(batch, q, heads_dim))
             h = _rms_norm(x, layer.mlp_norm, s.rms_eps)
             gate, up = layer.w13(h).chunk(2, dim=-1)
@@ -243,37 +244,47 @@ class LeanLlama:
         keys: torch.Tensor,
         values: torch.Tensor,
         mask: torch.Tensor | None,
-        rows: tuple[torch.Tensor, torch.Tensor] | None,
+        groups: list[tuple[torch.Tensor, torch.Tensor]] | None,
     ) -> torch.Tensor:
         """Attention of ``xq`` [B, heads, q, D] over ``keys``/``values`` [B, kv, L + q, D].
 
-        One-token steps and tree rows (``rows``: each row's visible keys, gathered in order and padded
-        at the end) go through the math kernel, whose result for a row depends only on the keys it sees
-        in their order: a tree row equals the one-token step that would have computed it, bit for bit,
-        so greedy Medusa equals plain decoding. Prefill and batched decoding use the fused kernel.
+        One-token steps and tree rows (``groups``) are computed so that a row's result depends only
+        on the keys it sees, in their order: rows that see the same number of keys go through the
+        math kernel together over exactly those keys, with no padding (a padded softmax rounds
+        differently). A tree row then equals, bit for bit, the one-token step that would have
+        computed it, so greedy Medusa equals plain decoding. Prefill and batched decoding use the
+        fused kernel.
         """
         gqa = self.spec.num_kv_heads != self.spec.num_heads
-        if mask is None or xq.shape[0] > 1 or mask.dtype != torch.bool:
+        if groups is None:
             return F.scaled_dot_product_attention(xq, keys, values, attn_mask=mask, enable_gqa=gqa)
+        out = torch.empty_like(xq)
         with sdpa_kernel(SDPBackend.MATH):
-            if rows is None:  # one token
-                return F.scaled_dot_product_attention(xq, keys, values, attn_mask=mask, enable_gqa=gqa)
-            index, valid = rows  # [q, W]
-            k = keys[0][:, index].transpose(0, 1)  # [q, kv, W, D]
-            v = values[0][:, index].transpose(0, 1)
-            out = F.scaled_dot_product_attention(
-                xq[0].unsqueeze(2).transpose(0, 1), k, v, attn_mask=valid[:, None, None, :], enable_gqa=gqa
-            )  # [q, heads, 1, D]
-            return out.transpose(0, 1).squeeze(2)[None]
+            for rows, index in groups:
+                if index is None:  # one row that sees every key: no gather
+                    k, v = keys, values
+                else:
+                    k = keys[0][:, index].transpose(0, 1)  # [n, kv, count, D]
+                    v = values[0][:, index].transpose(0, 1)
+                part = F.scaled_dot_product_attention(xq[0][:, rows].transpose(0, 1)[:, :, None], k, v, enable_gqa=gqa)
+                out[0][:, rows] = part[:, :, 0].transpose(0, 1)  # [heads, n, D]
+        return out
 
 
-def _row_keys(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For a [q, L + q] bool mask: each row's visible key indices in order, padded [q, W], and their validity."""
+def _row_groups(mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Rows of a [q, L + q] bool mask grouped by how many keys they see: (rows [n], key indices [n, count]).
+
+    Key indices are each row's visible keys in ascending order; ``None`` for a lone row that sees them all.
+    """
     counts = mask.sum(-1)  # [q]
-    width = int(counts.max())
-    order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)[:, :width]  # visible keys first, ascending
-    valid = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
-    return order, valid
+    if len(counts) == 1 and int(counts[0]) == mask.shape[-1]:
+        return [(torch.zeros(1, dtype=torch.long, device=mask.device), None)]
+    order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)  # visible keys first, ascending
+    groups = []
+    for count in counts.unique().tolist():
+        rows = torch.nonzero(counts == count).flatten()
+        groups.append((rows, order[rows, :count]))
+    return groups
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -52,6 +52,17 @@ class Int4:
         self.out_features = n
         self.in_features = k
 
+    @classmethod
+    def stack_rows(cls, parts: list[Int4]) -> Int4:
+        """One layer whose output rows are those of ``parts`` in order (each a multiple of 64 rows but the last):
+        a large matrix quantised a block of rows at a time, so its dense copy never exists whole."""
+        layer = cls.__new__(cls)
+        layer.packed = torch.cat([p.packed for p in parts])
+        layer.scales_zeros = torch.cat([p.scales_zeros for p in parts], dim=1)
+        layer.out_features = sum(p.out_features for p in parts)
+        layer.in_features = parts[0].in_features
+        return layer
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(
