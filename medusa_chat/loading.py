@@ -28,12 +28,12 @@ from typing import Any
 from . import calibration
 from .catalog import ModelSpec, catalog, catalog_problems, chat_template_for, resolve
 from .errors import UserError
+from .machine import cpu_flags
 from .memory import OVERHEAD, cpu_memory, estimate_bytes
-from .trees import AUTO, TUNED, resolve_tree
+from .options import DTYPES, ENGINES, QUANTS, option_problem
+from .progress import Progress, stage
+from .trees import AUTO, TUNED, TreeChoice, resolve_tree
 
-DTYPES = ("auto", "fp32", "bf16", "fp16")
-QUANTS = ("auto", "none", "4bit", "8bit")
-ENGINES = ("auto", "lean", "transformers")
 CALIBRATION_PROMPT = "Write a short paragraph about the sea."
 _HEAD_KEY_PREFIXES = ("medusa_head.", "blocks.", "lm_heads.")
 
@@ -58,6 +58,8 @@ class LoadedModel:
     load_time: float = 0.0
     notes: list[str] = field(default_factory=list)
     engine: str = "transformers"  # "lean" or "transformers"
+    auto_tree: TreeChoice | None = None
+    """The tree chosen for ``auto`` at load (calibrated here, or the preset default); None after a named tree."""
 
     @property
     def tree_name(self) -> str:
@@ -114,7 +116,7 @@ def load_model(
     quant: str | None = None,
     tree: str | None = None,
     threads: int | None = None,
-    progress=None,
+    progress: Progress | None = None,
     engine: str | None = None,
 ) -> LoadedModel:
     """Load ``model`` (catalogue name, local directory or cached Hub repo) with its Medusa heads.
@@ -123,17 +125,21 @@ def load_model(
     "auto" (lean on a CPU when it takes the model, else transformers).
 
     ``heads`` overrides where the heads come from (a directory or file in any supported format).
-    ``progress`` receives short phase strings. Expected failures raise :class:`LoadError` (or the
+    ``threads`` sets torch's CPU threads before anything loads. ``progress`` receives short phase strings
+    and stage counts (:mod:`medusa_chat.progress`). Expected failures raise :class:`LoadError` (or the
     catalogue's, heads' and tree's own errors) and leave nothing of the model in memory.
     """
     import torch
 
+    from .quiet import quiet_transformers
+
     report = progress or (lambda _msg: None)
     started = time.perf_counter()
-    if threads is not None and threads < 0:
-        raise LoadError(f"--threads must be a positive number of CPU threads, not {threads}")
+    if problem := option_problem(threads=threads):
+        raise LoadError(problem)
     if threads:
         torch.set_num_threads(threads)
+    quiet_transformers()
     spec = resolve(model)
     for problem in catalog_problems():
         report(f"warning: {problem}")
@@ -141,11 +147,10 @@ def load_model(
     engine = engine or "auto"
     if engine not in ENGINES:
         raise LoadError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
-    quant = "none" if quant in (None, "auto") else quant  # dense by default: exact greedy Medusa
+    quant = _choose_quant(quant or "auto", dtype or "auto", device, engine, spec)
     dtype_name = _choose_dtype(dtype or "auto", device, quant)
-    bnb_problem = _bnb_problem() if device != "cpu" else "no CUDA GPU"
-    _check_quant(quant, device, bnb_problem, engine)
-    can_quantise = bnb_problem is None
+    _check_quant(quant, device, spec.architecture, engine)
+    can_quantise = device != "cpu" and _bnb_problem() is None  # bitsandbytes: the GPU's memory advice
     available = _available_bytes(device)
     notes = _check_memory(spec, spec.params, device, dtype_name, quant, available, can_quantise)
     params = spec.params
@@ -215,6 +220,18 @@ def _choose_device(device: str | None) -> str:
     raise LoadError(f"unknown device {device!r}: use cpu or cuda (cuda:N for another GPU)")
 
 
+def _choose_quant(quant: str, dtype: str, device: str, engine: str, spec: ModelSpec) -> str:
+    """``auto``: the model's own 4-bit weights on the lean decoder where it ships them (the offline
+    default's GGUF) and the CPU has the int4 kernel's fast path (AVX-512); dense otherwise.
+
+    Both are lossless on their own terms: greedy Medusa equals greedy plain decoding.
+    """
+    if quant != "auto":
+        return quant
+    own_4bit = spec.head_format == "gguf-package" and device == "cpu" and engine != "transformers"
+    return "4bit" if own_4bit and dtype == "auto" and "avx512f" in cpu_flags() else "none"
+
+
 def _choose_dtype(dtype: str, device: str, quant: str) -> str:
     if dtype not in DTYPES:
         raise LoadError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
@@ -245,23 +262,41 @@ def _bnb_problem() -> str | None:
     return None
 
 
-def _check_quant(quant: str, device: str, bnb_problem: str | None, engine: str) -> None:
+def quant_problem(quant: str, device: str, architecture: str = "", engine: str = "auto") -> str | None:
+    """Why ``quant`` (4bit/8bit) cannot run a model of ``architecture`` on ``device`` here, or None when it can.
+
+    On a CPU 4/8-bit runs on the lean decoder, which takes the Llama family (an unknown architecture,
+    "", is left to the load); on a GPU it needs bitsandbytes with CUDA support.
+    """
+    if quant in ("none", "auto"):
+        return None
+    if device == "cpu":
+        from .engine.lean import SUPPORTED
+
+        if engine == "transformers":
+            return "on a CPU 4/8-bit runs on the lean decoder, not transformers"
+        if architecture and architecture not in SUPPORTED:
+            takes = " and ".join(SUPPORTED)
+            return f"on a CPU 4/8-bit runs on the lean decoder, which takes {takes} models, not {architecture}"
+        return None
+    if (bnb := _bnb_problem()) is not None:
+        return f"4/8-bit on a GPU uses bitsandbytes, and {bnb}"
+    return None
+
+
+def _check_quant(quant: str, device: str, architecture: str, engine: str) -> None:
+    """Refuse a ``--quant`` this machine cannot run for this model, with the nearest choice that works."""
     if quant not in QUANTS:
         raise LoadError(f"unknown quantisation {quant!r}: choose one of {', '.join(QUANTS)}")
-    if quant == "none":
+    if (reason := quant_problem(quant, device, architecture, engine)) is None:
         return
-    if device == "cpu":
-        if engine == "transformers":
-            raise LoadError(
-                f"--quant {quant} on a CPU runs on the lean decoder: use --engine auto (or lean), "
-                "or --quant none with transformers"
-            )
-        return
-    if bnb_problem is not None:
-        raise LoadError(
-            f"--quant {quant} cannot run here: {bnb_problem}. Nearest working choice: --quant none --dtype fp16, "
-            "or reinstall bitsandbytes with CUDA support"
-        )
+    if device != "cpu":
+        advice = "--quant none --dtype fp16, or reinstall bitsandbytes with CUDA support"
+    elif engine == "transformers":
+        advice = "--engine auto (or lean), or --quant none with transformers"
+    else:
+        advice = "--quant none (fp32, or --dtype bf16)"
+    raise LoadError(f"--quant {quant} cannot run here: {reason}. Nearest working choice: {advice}")
 
 
 # -- memory ----------------------------------------------------------------------------------------
@@ -470,12 +505,12 @@ def _assemble(
     from .engine.generator import Generator
     from .engine.heads_io import heads_choice_note, load_heads
 
-    report(f"loading {spec.label} ({_setting(dtype_name, quant)}) on {device}")
+    # One stage for the console: the weights, the decoder built from them, the heads.
+    step = stage(report, f"loading {spec.label} ({_setting(dtype_name, quant)}) on {device}", 3)
     notes: list[str] = []
-    decoder, tokenizer = _load_decoder(model_dir, device, dtype_name, quant, engine, gguf, notes, report)
+    decoder, tokenizer = _load_decoder(model_dir, device, dtype_name, quant, engine, gguf, notes, report, step)
     medusa = None
     if heads_path is not None:
-        report(f"loading Medusa heads from {heads_path}")
         if note := heads_choice_note(heads_path):
             report(note)
             notes.append(note)
@@ -484,23 +519,27 @@ def _assemble(
         medusa = load_heads(heads_path, config.hidden_size, config.vocab_size, lm_head=lm_head)
     else:
         notes.append("no Medusa heads found: plain decoding only")
+    step(3)
     generator = Generator(decoder, tokenizer, medusa)
+    automatic = None  # the tree auto and an untuned "tuned" use: calibrated here, or the preset default
     if medusa is not None:
-        chosen = resolve_tree(
-            tree, model=spec.name, device=device, dtype=dtype_name, num_heads=medusa.num_heads,
-            default=spec.default_tree,
-        )  # fmt: skip
+        where = {"model": spec.name, "device": device, "dtype": dtype_name, "num_heads": medusa.num_heads,
+                 "default": spec.default_tree}
+        chosen = resolve_tree(tree, **where)
         generator.set_tree(chosen.choices, name=chosen.name)
+        if tree in (None, AUTO, TUNED) and chosen.name != TUNED:
+            automatic = chosen
+            if calibration.enabled():
+                key = calibration.cache_key(spec.name, heads_path, device, dtype_name, quant, decoder.engine)
+                result = calibration.load_cached(key) or _calibrate(generator, tokenizer, heads_path, key, report)
+                automatic = TreeChoice(result.choices, result.name)
+                report(f"tree {result.name}: measured on this machine, predicted {result.predicted_speedup:.2f}x plain"
+                       if result.choices else "plain decoding: no tree is measured faster on this machine")
+                chosen = resolve_tree(tree, **where, automatic=automatic)  # a tuned fallback's note names it
+                generator.set_tree(chosen.choices, name=chosen.name)
         if chosen.note:
             report(chosen.note)
             notes.append(chosen.note)
-        if tree in (None, AUTO, TUNED) and chosen.name != TUNED and calibration.enabled():
-            key = calibration.cache_key(spec.name, heads_path, device, dtype_name, quant, decoder.engine)
-            result = calibration.load_cached(key) or _calibrate(generator, tokenizer, heads_path, key, report)
-            generator.set_tree(result.choices, name=result.name)
-            note = (f"tree {result.name}: measured on this machine, predicted {result.predicted_speedup:.2f}x plain"
-                    if result.choices else "plain decoding: no tree is measured faster on this machine")
-            report(note)
     return LoadedModel(
         name=spec.name,
         generator=generator,
@@ -513,6 +552,7 @@ def _assemble(
         spec=spec,
         stop_strings=("USER:",) if spec.chat_template == "vicuna_v1.1" else (),
         notes=notes,
+        auto_tree=automatic,
     )
 
 
@@ -523,7 +563,6 @@ def _calibrate(generator, tokenizer, heads_path: Path, key: dict, report):
     ids = tokenizer.apply_chat_template([{"role": "user", "content": CALIBRATION_PROMPT}], add_generation_prompt=True)
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
     rates = calibration.rates_from_config(read_heads_config(heads_path)) or _measured_rates(generator, ids)
-    report("calibrating the tree for this machine (once, about 20 s)")
     return calibration.calibrate(generator, ids, rates, key, progress=report)
 
 
@@ -538,9 +577,13 @@ def _measured_rates(generator, ids: list[int]) -> list[list[float]]:
 
 
 def _load_decoder(
-    path: Path, device: str, dtype_name: str, quant: str, engine: str, gguf: bool, notes: list[str], report
+    path: Path, device: str, dtype_name: str, quant: str, engine: str, gguf: bool, notes: list[str], report,
+    step=lambda _done: None,
 ):
-    """(decoder, tokenizer): the lean decoder on a CPU when it takes the model (and CPU 4/8-bit), else transformers."""
+    """(decoder, tokenizer): the lean decoder on a CPU when it takes the model (and CPU 4/8-bit), else transformers.
+
+    ``step(1)`` when the weights are read, ``step(2)`` when the decoder is built from them.
+    """
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
@@ -556,10 +599,13 @@ def _load_decoder(
             decoder = load_gguf(gguf_path(), AutoConfig.from_pretrained(path), dtype, note=report)
         except GGUFError as exc:
             raise LoadError(str(exc)) from exc
+        step(2)
         return decoder, AutoTokenizer.from_pretrained(path)
     lean = device == "cpu" and engine != "transformers"
     base, tokenizer = _load_base(path, device, "fp32" if lean else dtype_name, "none" if lean else quant)
+    step(1)
     if not lean:
+        step(2)
         return TransformersDecoder(base), tokenizer
     try:
         decoder = from_state_dict(base.config, base.state_dict(), dtype, {"none": None, "4bit": "int4",
@@ -570,16 +616,15 @@ def _load_decoder(
         note = f"{exc}: using transformers"
         report(note)
         notes.append(note)
-        return TransformersDecoder(base.to(dtype)), tokenizer
+        decoder = TransformersDecoder(base.to(dtype))
+    step(2)
     return decoder, tokenizer
 
 
 def _load_base(path: Path, device: str, dtype_name: str, quant: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if device != "cpu":

@@ -89,13 +89,21 @@ class TreeChoice:
 
 
 def resolve_tree(
-    tree: str | None, *, model: str, device: str, dtype: str, num_heads: int, default: str | None = None
+    tree: str | None,
+    *,
+    model: str,
+    device: str,
+    dtype: str,
+    num_heads: int,
+    default: str | None = None,
+    automatic: TreeChoice | None = None,
 ) -> TreeChoice:
     """The tree to use for ``tree`` (a preset, ``chain-N``, :data:`TUNED`, :data:`AUTO` or None).
 
     A preset is used as named (:class:`TreeError` when unknown). Otherwise: the tree tuned on this
-    machine, else ``default`` (the heads' own recommended tree), else the device's preset, cut to
-    ``num_heads``. :data:`TUNED` without a tuned tree falls back the same way, with a note.
+    machine, else ``automatic`` (the tree calibration picked when the model was loaded), else
+    ``default`` (the heads' own recommended tree), else the device's preset, cut to ``num_heads``.
+    :data:`TUNED` without a tuned tree falls back the same way, with a note naming the tree used.
     """
     if tree and tree not in (AUTO, TUNED):
         return TreeChoice(preset(tree), tree)
@@ -105,11 +113,14 @@ def resolve_tree(
         tuned = None
     if tuned is not None:
         return TreeChoice(tuned, TUNED)
-    name = default or (DEFAULT_CPU_TREE if device == "cpu" else DEFAULT_GPU_TREE)
-    full = preset(name)
-    choices = fit_to_heads(full, num_heads)
-    if len(choices) < len(full):
-        name = f"{name}/depth-{num_heads}"
+    if automatic is not None:
+        choices, name = automatic.choices, automatic.name
+    else:
+        name = default or (DEFAULT_CPU_TREE if device == "cpu" else DEFAULT_GPU_TREE)
+        full = preset(name)
+        choices = fit_to_heads(full, num_heads)
+        if len(choices) < len(full):
+            name = f"{name}/depth-{num_heads}"
     note = None
     if tree == TUNED:
         note = f"no tuned tree for {model} on {device} ({dtype}) yet: using {name}; run `medusa-chat tune -m {model}`"

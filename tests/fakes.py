@@ -10,6 +10,7 @@ from typing import Any
 
 from medusa_chat.engine.config import GenerationConfig
 from medusa_chat.engine.events import GenerationStats, StepEvent
+from medusa_chat.trees import TreeChoice
 from medusa_chat.tui.session import EngineFactory, LoadedLike, LoadRequest
 
 DEFAULT_SCRIPT = (
@@ -118,7 +119,10 @@ class ScriptedModel:
     generator: ScriptedGenerator = field(default_factory=ScriptedGenerator)
     tokenizer: Any = None
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "fp32"
+    quant: str = "none"
+    engine: str = "lean"
+    auto_tree: TreeChoice | None = None
     num_heads: int = 3
     default_tree: str | None = None
     stop_strings: tuple[str, ...] = ()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from medusa_chat import default_model
+from medusa_chat.progress import parse_count
 
 
 @pytest.fixture
@@ -37,13 +38,18 @@ def test_complete_conversion_is_reused(cache: Path) -> None:
 
 
 @pytest.mark.slow
-def test_half_written_conversion_is_rebuilt(cache: Path) -> None:
+def test_half_written_conversion_is_rebuilt(cache: Path, capfd: pytest.CaptureFixture[str]) -> None:
     target = cache / default_model.NAME
     target.mkdir()
     (target / "model.safetensors").write_bytes(b"truncated")  # no marker: an interrupted copy
     phases: list[str] = []
     assert default_model.ensure_converted(phases.append) == target
     assert default_model.is_complete(target) and any("incomplete" in p for p in phases)
+    # One counted stage (a step per GGUF tensor, then the checkpoint), and nothing of transformers' own.
+    counts = [c for c in map(parse_count, phases) if c is not None]
+    assert {c.label for c in counts} == {f"converting {default_model.GGUF_FILE} (once)"}
+    assert counts[-1].done == counts[-1].total > 200 and len(counts) == counts[-1].total + 2  # 0/1, 0/n ... n/n
+    assert capfd.readouterr() == ("", "")
     assert (target / "model.safetensors").stat().st_size > 100_000_000
     assert {"config.json", "tokenizer.json"} <= {p.name for p in target.iterdir()}
     assert [p for p in cache.iterdir() if p.name.startswith(".")] == []  # no temporary directory left behind

@@ -78,3 +78,25 @@ def test_next_turn_reuses_the_conversation_cache(smollm2):
     second = gen.generate(ids, GenerationConfig(max_new_tokens=16))
     assert second.reused_tokens >= len(smollm2.chat_ids(turn1))
     assert second.prompt_tokens == len(ids)
+
+
+@pytest.mark.parametrize("quant", ["none", "4bit"])
+def test_generate_on_the_console_prints_its_stages_and_nothing_of_the_libraries(smollm2_cache, tmp_path, quant):
+    """What a user sees: one line per stage (a bar on a terminal), no library bars, no FutureWarning."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MEDUSA_CHAT_CACHE_DIR": str(smollm2_cache), "MEDUSA_CHAT_DATA_DIR": str(tmp_path / "data"),
+           "MEDUSA_CHAT_CONFIG_DIR": str(tmp_path / "config"), "HF_HUB_OFFLINE": "1",
+           "PYTHONWARNINGS": "always::FutureWarning", "MEDUSA_CHAT_CALIBRATION": "off"}
+    script = Path(sys.executable).with_name("medusa-chat")
+    done = subprocess.run([str(script), "generate", "hi", "--max-new-tokens", "4", "--threads", "1", "--quant", quant],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    precision = "fp32" if quant == "none" else quant
+    assert lines[0].startswith("loading SmolLM2 135M Instruct") and lines[0].endswith(f"({precision}) on cpu")
+    assert lines[-1].startswith("[4 tokens, ") and len(lines) <= 3, lines  # a note at most in between
+    assert not any(("%|" in line or "it/s" in line or "Warning" in line) for line in lines), lines
+    assert done.stdout.strip()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
+import torch
 
 from medusa_chat import settings as settings_mod
 from medusa_chat.engine.config import GenerationConfig
@@ -279,3 +281,44 @@ def test_settings_validation_and_persistence(tmp_path, tiny_model_dir):
     assert (saved.generation.max_new_tokens, saved.theme, saved.system_prompt) == (12, "medusa-light", "You are terse.")
     conv = Store(tmp_path / "history.db").list_conversations()[0]
     assert conv.system_prompt == "You are terse."
+
+
+def test_tuned_without_a_tuned_tree_loads_on_the_calibrated_tree_and_threads_apply(tmp_path, tiny_model_dir,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("MEDUSA_CHAT_CALIBRATION", "on")
+    loads: list[LoadRequest] = []
+
+    def factory(request):
+        loads.append(request)
+        return default_engine_factory(request)
+
+    app = make_app(tmp_path, tiny_model_dir, factory=factory, tree="tuned", threads=2)
+    notes: list[str] = []
+    monkeypatch.setattr(app, "notify", lambda message, **_kw: notes.append(str(message)))
+
+    async def scenario(pilot):
+        await wait_loaded(pilot)
+        used = app.loaded.tree_name
+        assert used.startswith(("calibrated-", "plain (calibrated)")) and app.loaded.auto_tree.name == used
+        assert any("no tuned tree" in n and f"using {used};" in n for n in notes), notes
+        status = str(app.chat_screen.query_one("#status").render())
+        assert f"lean cpu fp32 · 4 heads · tree {used} ·" in status
+        app.request_tree("cpu_4")  # a named preset, then back to tuned: the calibrated tree again, said so
+        assert "tree cpu_4" in str(app.chat_screen.query_one("#status").render())
+        app.request_tree("tuned")
+        await pilot.pause()
+        assert app.loaded.tree_name == used and f"tree {used}" in str(app.chat_screen.query_one("#status").render())
+        await send(pilot, "hi")
+        await wait_idle(pilot)
+        assert answers(app)[-1].content
+        seen: list[int] = []  # what a new worker thread (each answer runs in one) gets from torch
+        worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        worker.start()
+        worker.join()
+        assert seen == [2]  # --threads reached torch, from the load on
+
+    try:
+        run(app, scenario)
+    finally:
+        torch.set_num_threads(1)
+    assert [(r.tree, r.threads) for r in loads] == [("tuned", 2)]

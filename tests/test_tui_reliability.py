@@ -267,10 +267,12 @@ def test_cli_version_trees_and_bad_options():
     assert result.exit_code == 0 and result.output.startswith("medusa-chat ")
     result = runner.invoke(cli, ["trees"])
     assert result.exit_code == 0 and "chain-N" in result.output and "\ntuned " in result.output
-    for args in (["--tree", "bogus"], ["generate", "hi", "--tree", "bogus"], ["--quant", "2bit"]):
+    for args in (["--tree", "bogus"], ["generate", "hi", "--tree", "bogus"], ["--quant", "2bit"], ["--threads", "0"]):
         result = runner.invoke(cli, args)
         assert result.exit_code == 1, args
         assert "Traceback" not in result.output
+    assert "--threads must be a positive number" in runner.invoke(cli, ["--threads", "-1"]).output
+    assert "--threads" in runner.invoke(cli, ["--help"]).output
 
 
 # --- issue 12: gauges -------------------------------------------------------------------------------
@@ -400,9 +402,11 @@ def test_picker_typed_model_and_cpu_only_quantisation(tmp_path, monkeypatch):
     assert models_screen.parse_model_id("not a repo")[0] is None
     assert models_screen.parse_model_id(str(tmp_path))[0] is None  # no config.json
 
-    rows = [models_screen.Row("smollm2-135m-instruct", "SmolLM2", "packaged", 98_000_000, 134_515_008, None),
+    rows = [models_screen.Row("smollm2-135m-instruct", "SmolLM2", "packaged", 98_000_000, 134_515_008, None,
+                              architecture="llama"),
             models_screen.Row("medusa-vicuna-7b-v1.3", "Vicuna", "not downloaded", 13_500_000_000, 6_738_415_616,
-                              None)]
+                              None, architecture="llama"),
+            models_screen.Row("tiny-gpt2", "GPT-2", "cached", 500_000_000, 124_000_000, None, architecture="gpt2")]
     monkeypatch.setattr(models_screen, "scan_catalog", lambda: rows)
     monkeypatch.setattr(models_screen, "machine_memory", lambda: 16 * 10**9)
     monkeypatch.setattr(models_screen, "machine_has_cuda", lambda: False)
@@ -416,25 +420,40 @@ def test_picker_typed_model_and_cpu_only_quantisation(tmp_path, monkeypatch):
         await wait_until(pilot, lambda: app.screen.id == "models")
         screen = app.screen
         table = screen.query_one("#models-table")
-        await wait_until(pilot, lambda: table.row_count == 2)
-        assert table.get_row("smollm2-135m-instruct")[2] == "no GPU"  # the 4-bit column, narrow layout
-        assert "need a CUDA GPU" in str(screen.query_one("#models-summary").render())
+        await wait_until(pilot, lambda: table.row_count == 3)
+        # On a CPU 4/8-bit runs on the lean decoder: Llama-family models get it, others say why not.
+        assert table.get_row("smollm2-135m-instruct")[2:4] == ["80.7M✓", "161.4M✓"]  # 4-bit, 8-bit (narrow)
+        assert table.get_row("tiny-gpt2")[2:4] == ["n/a", "n/a"]
+        assert "4/8-bit for the Llama family" in str(screen.query_one("#models-summary").render())
         offline = type("OfflineError", (Exception,), {})("cannot reach")
         text = screen.download_failure("medusa-vicuna-7b-v1.3", offline)
         assert "cannot be reached" in text and "Usable offline now: smollm2-135m-instruct" in text
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         assert "HF_HUB_OFFLINE is set" in screen.download_failure("x", offline)
+        table.move_cursor(row=table.get_row_index("tiny-gpt2"))
+        await pilot.pause()
+        assert "4-bit, 8-bit: n/a, on a CPU 4/8-bit runs on the lean decoder" in str(
+            screen.query_one("#model-detail").render())
         screen.query_one("#precision").value = "4bit"
         await pilot.press("enter")
-        assert "needs a CUDA GPU" in str(screen.query_one("#models-message").render())
+        assert "4bit cannot run tiny-gpt2 here" in str(screen.query_one("#models-message").render())
+        assert app.screen is screen and requests == []
         screen.query_one("#precision").value = "auto"
         screen.query_one("#model-id").focus()
         await pilot.press(*"no such thing")
         await pilot.press("enter")
         assert "neither a local directory" in str(screen.query_one("#models-message").render())
         screen.query_one("#model-id").value = str(model_dir)
+        screen.query_one("#precision").value = "16bit"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.screen is app.chat_screen)
+        await pilot.press("ctrl+o")  # 4-bit for a Llama-family model on this CPU: loaded as asked
+        await wait_until(pilot, lambda: app.screen.id == "models")
+        await wait_until(pilot, lambda: app.screen.query_one("#models-table").row_count == 3)
+        app.screen.query_one("#precision").value = "4bit"
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.screen is app.chat_screen)
 
     run(app, scenario, size=(70, 25))
-    assert [r.model for r in requests] == [str(model_dir)]
+    assert [(r.model, r.dtype, r.quant) for r in requests] == [
+        (str(model_dir), "bf16", None), ("smollm2-135m-instruct", None, "4bit")]  # 16-bit is bf16 on a CPU

@@ -14,6 +14,7 @@ from tests.fakes import ScriptedModel, scripted_factory
 from tests.pilot import quiet, wait_idle, wait_loaded, wait_until
 
 SIZE = (100, 32)
+CPU_RULE = models_screen.precision_problems  # the loader's real rule for 4/8-bit
 
 
 @pytest.fixture(autouse=True)
@@ -21,6 +22,7 @@ def _deterministic(monkeypatch):
     monkeypatch.setenv("TEXTUAL_ANIMATIONS", "none")
     monkeypatch.setattr(models_screen, "machine_memory", lambda: 16 * 10**9)
     monkeypatch.setattr(models_screen, "machine_has_cuda", lambda: True)
+    monkeypatch.setattr(models_screen, "precision_problems", lambda architecture, cuda: {})  # a GPU that has it all
 
 
 def make_app(tmp_path, model=None, theme="medusa-dark", **kwargs) -> MedusaChatApp:
@@ -236,20 +238,25 @@ def test_small_chat(snap_compare, tmp_path, size):
 def test_small_picker(snap_compare, tmp_path, monkeypatch, size):
     rows = [
         models_screen.Row("smollm2-135m-instruct", "SmolLM2 135M Instruct", "packaged", 98_000_000, 134_515_008,
-                          None, "Runs offline on a CPU."),
+                          None, "Runs offline on a CPU.", "llama"),
         models_screen.Row("medusa-vicuna-7b-v1.3", "Medusa Vicuna 7B v1.3", "not downloaded", 13_500_000_000,
-                          6_738_415_616, None),
+                          6_738_415_616, None, architecture="llama"),
         models_screen.Row("medusa-vicuna-13b-v1.3", "Medusa Vicuna 13B v1.3", "cached", 26_000_000_000,
-                          13_015_864_320, None),
+                          13_015_864_320, None, architecture="llama"),
+        models_screen.Row("tiny-gpt2", "GPT-2 with heads", "cached", 500_000_000, 124_000_000, None,
+                          architecture="gpt2"),
     ]
     monkeypatch.setattr(models_screen, "scan_catalog", lambda: rows)
-    monkeypatch.setattr(models_screen, "machine_has_cuda", lambda: False)
+    monkeypatch.setattr(models_screen, "machine_has_cuda", lambda: False)  # a CPU: 4/8-bit by the loader's rule
+    monkeypatch.setattr(models_screen, "precision_problems", CPU_RULE)
 
     async def run_before(pilot):
         await wait_loaded(pilot)
         await pilot.press("ctrl+o")
         await wait_until(pilot, lambda: pilot.app.screen.id == "models")
-        await wait_until(pilot, lambda: pilot.app.screen.query_one("#models-table").row_count == 3)
+        table = pilot.app.screen.query_one("#models-table")
+        await wait_until(pilot, lambda: table.row_count == 4)
+        table.move_cursor(row=3)  # the model 4/8-bit cannot run here: the detail says why
         await quiet(pilot)
 
     assert snap_compare(make_app(tmp_path), terminal_size=size, run_before=run_before)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from textual import events
 
 from medusa_chat import settings as settings_mod
 from medusa_chat.engine.events import StepEvent
@@ -90,6 +91,21 @@ def test_prompt_keys_and_recall(tmp_path):
         assert prompt.text == "second"
         await pilot.press("down")
         assert prompt.text == "draft"
+
+    run(app, scenario)
+
+
+def test_a_newline_typed_in_a_burst_lands_where_it_was_typed(tmp_path):
+    """A terminal delivers fast typing as one burst: ctrl+j must not wait for the keys after it."""
+    app = make_app(tmp_path)
+
+    async def scenario(pilot):
+        prompt = app.chat_screen.query_one(PromptInput)
+        prompt.focus()
+        for key, character in (("a", "a"), ("ctrl+j", None), ("b", "b"), ("c", "c")):
+            app.post_message(events.Key(key, character))  # queued together, as the driver does
+        await wait_until(pilot, lambda: prompt.text.replace("\n", "") == "abc")
+        assert prompt.text == "a\nbc"
 
     run(app, scenario)
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import DtypeOpt, HeadsOpt, QuantOpt, TreeOpt, check_options_or_fail
+from .common import DtypeOpt, HeadsOpt, QuantOpt, ThreadsOpt, TreeOpt, check_options_or_fail
 
 
 def version_callback(value: bool) -> None:
@@ -29,6 +29,7 @@ def main(
     tree: TreeOpt = None,
     quant: QuantOpt = None,
     dtype: DtypeOpt = None,
+    threads: ThreadsOpt = None,
     theme: Annotated[str | None, typer.Option("--theme", help="Theme name for the app.")] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
@@ -37,7 +38,7 @@ def main(
     """Open the chat app (the default when no command is given)."""
     if ctx.invoked_subcommand is not None:
         return
-    check_options_or_fail(tree=tree, quant=quant, dtype=dtype)
+    check_options_or_fail(tree=tree, quant=quant, dtype=dtype, threads=threads)
     from ..tui.app import run_app
 
-    run_app(model=model, quant=quant, theme=theme, dtype=dtype, heads=heads, tree=tree)
+    run_app(model=model, quant=quant, theme=theme, dtype=dtype, heads=heads, tree=tree, threads=threads)

@@ -9,6 +9,7 @@ import typer
 from ..default_model import NAME as DEFAULT_MODEL
 from ..errors import UserError
 from ..options import option_problem
+from .console import ConsoleProgress
 
 __all__ = ["DEFAULT_MODEL", "check_options_or_fail", "check_text_or_fail", "fail", "load_or_fail"]
 
@@ -32,9 +33,11 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-def check_options_or_fail(*, tree: str | None = None, quant: str | None = None, dtype: str | None = None) -> None:
-    """Refuse a bad --tree/--quant/--dtype before any model is loaded."""
-    if problem := option_problem(quant=quant, dtype=dtype, tree=tree):
+def check_options_or_fail(
+    *, tree: str | None = None, quant: str | None = None, dtype: str | None = None, threads: int | None = None
+) -> None:
+    """Refuse a bad --tree/--quant/--dtype/--threads before any model is loaded."""
+    if problem := option_problem(quant=quant, dtype=dtype, tree=tree, threads=threads):
         fail(problem)
 
 
@@ -47,11 +50,15 @@ def check_text_or_fail(text: str | None, what: str) -> None:
 
 
 def load_or_fail(model: str, **kwargs):
-    """``load_model`` with expected errors turned into clean messages; phases go to stderr."""
-    check_options_or_fail(tree=kwargs.get("tree"), quant=kwargs.get("quant"), dtype=kwargs.get("dtype"))
+    """``load_model`` with expected errors turned into clean messages; its stages go to stderr (a bar each)."""
+    check_options_or_fail(
+        tree=kwargs.get("tree"), quant=kwargs.get("quant"), dtype=kwargs.get("dtype"), threads=kwargs.get("threads")
+    )
     from ..loading import load_model
 
-    try:
-        return load_model(model, progress=lambda msg: typer.echo(msg, err=True), **kwargs)
-    except (UserError, FileNotFoundError) as exc:
-        fail(str(exc))
+    with ConsoleProgress() as progress:
+        try:
+            return load_model(model, progress=progress, **kwargs)
+        except (UserError, FileNotFoundError) as exc:
+            problem = str(exc)
+    fail(problem)

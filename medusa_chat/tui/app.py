@@ -24,6 +24,7 @@ from .. import settings as settings_mod
 from ..default_model import NAME as DEFAULT_MODEL
 from ..engine.choices import TreeError
 from ..engine.config import GenerationConfig
+from ..progress import progress_line
 from ..settings import DEFAULT_THEME, Settings
 from ..store import Store, StoreError, export_markdown
 from ..trees import AUTO, resolve_tree
@@ -86,6 +87,7 @@ class MedusaChatApp(App[None]):
         tree: str | None = None,
         dtype: str | None = None,
         heads: str | None = None,
+        threads: int | None = None,
         engine_factory: EngineFactory | None = None,
         store: Store | None = None,
         settings: Settings | None = None,
@@ -110,6 +112,7 @@ class MedusaChatApp(App[None]):
             tree=tree or (settings.tree if settings.tree != AUTO else None),
             dtype=dtype,
             heads=heads,
+            threads=threads,
         )
         self.requested_theme = theme
         self.medusa = settings.generation.medusa
@@ -239,8 +242,9 @@ class MedusaChatApp(App[None]):
             return
         try:
             chosen = resolve_tree(
-                tree, model=m.name, device=m.device, dtype=m.dtype, num_heads=m.num_heads, default=m.default_tree
-            )
+                tree, model=m.name, device=m.device, dtype=m.dtype, num_heads=m.num_heads, default=m.default_tree,
+                automatic=m.auto_tree,
+            )  # fmt: skip
             m.generator.set_tree(chosen.choices, name=chosen.name)
         except TreeError as exc:
             self.notify(f"Cannot use tree {tree!r}: {exc}", severity="error")
@@ -248,6 +252,7 @@ class MedusaChatApp(App[None]):
         if chosen.note:
             self.notify(chosen.note, severity="warning")
         self.notify(f"Tree: {m.generator.tree_name}")
+        self.refresh_chat()
 
     # --- status -----------------------------------------------------------------------------------
 
@@ -267,7 +272,9 @@ class MedusaChatApp(App[None]):
         m = self.loaded
         heads = f"{m.num_heads} heads" if m.num_heads else "no heads"
         medusa = "ON" if self.medusa else "OFF"
-        return f"{m.name} · {m.device} {m.dtype} · {heads} · tree {m.generator.tree_name} · Medusa {medusa}"
+        precision = m.dtype if m.quant in ("none", "") else f"{m.quant} ({m.dtype})"
+        return (f"{m.name} · {m.engine} {m.device} {precision} · {heads} · tree {m.generator.tree_name} · "
+                f"Medusa {medusa}")
 
     def refresh_chat(self) -> None:
         self.sub_title = self.subtitle()
@@ -282,6 +289,9 @@ class MedusaChatApp(App[None]):
     # --- model loading ----------------------------------------------------------------------------
 
     def load_model(self, request: LoadRequest) -> None:
+        """Load ``request`` in the background (with the app's ``--threads`` unless it names its own)."""
+        if request.threads is None and self.start_request.threads is not None:
+            request = replace(request, threads=self.start_request.threads)
         self._load_seq += 1
         self.loading = True
         self.load_error = None
@@ -292,8 +302,11 @@ class MedusaChatApp(App[None]):
     @work(thread=True, group="load", exit_on_error=False)
     def _load(self, request: LoadRequest, seq: int) -> None:
         try:
-            check_request(request)  # a bad --tree/--quant/--dtype is refused before any weight is read
-            progress = lambda text: self.post_message(LoadProgress(seq, f"{request.model}: {text}"))  # noqa: E731
+            check_request(request)  # a bad --tree/--quant/--dtype/--threads is refused before any weight is read
+
+            def progress(text: str) -> None:
+                self.post_message(LoadProgress(seq, f"{request.model}: {progress_line(text)}"))
+
             loaded = self.engine_factory(replace(request, progress=progress))
             baseline = None
             if self.calibrate:

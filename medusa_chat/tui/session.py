@@ -15,6 +15,7 @@ from ..engine.config import GenerationConfig
 from ..engine.events import GenerationStats, StepEvent
 from ..errors import UserError
 from ..options import check_options
+from ..trees import TreeChoice
 
 
 class GeneratorLike(Protocol):
@@ -44,8 +45,11 @@ class LoadedLike(Protocol):
     tokenizer: Any
     device: str
     dtype: str
+    quant: str
+    engine: str
     stop_strings: tuple[str, ...]
     notes: list[str]
+    auto_tree: TreeChoice | None
 
     @property
     def num_heads(self) -> int: ...
@@ -62,7 +66,7 @@ class LoadedLike(Protocol):
 
 @dataclass(frozen=True)
 class LoadRequest:
-    """What to load. ``dtype``: auto | fp32 | bf16 | fp16; ``quant``: none | 4bit | 8bit."""
+    """What to load. ``dtype``: auto | fp32 | bf16 | fp16; ``quant``: none | 4bit | 8bit; ``threads``: CPU threads."""
 
     model: str
     quant: str | None = None
@@ -70,6 +74,7 @@ class LoadRequest:
     dtype: str | None = None
     device: str | None = None
     heads: str | None = None
+    threads: int | None = None
     progress: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
 
@@ -77,8 +82,8 @@ EngineFactory = Callable[[LoadRequest], LoadedLike]
 
 
 def check_request(request: LoadRequest) -> None:
-    """Raise :class:`~medusa_chat.options.OptionError` for a bad tree, precision or dtype (before any weight)."""
-    check_options(quant=request.quant, dtype=request.dtype, tree=request.tree)
+    """Raise :class:`~medusa_chat.options.OptionError` for a bad tree, precision, dtype or thread count."""
+    check_options(quant=request.quant, dtype=request.dtype, tree=request.tree, threads=request.threads)
 
 
 def default_engine_factory(request: LoadRequest) -> LoadedLike:
@@ -92,6 +97,7 @@ def default_engine_factory(request: LoadRequest) -> LoadedLike:
         device=request.device,
         quant=request.quant,
         tree=request.tree,
+        threads=request.threads,
         progress=request.progress,
     )
 

@@ -24,7 +24,7 @@ from ..session import token_segments
 from ..stats import Gauges
 from ..widgets.footer import ChatFooter
 from ..widgets.gauges import GaugeBar
-from ..widgets.message import MessageView, code_blocks
+from ..widgets.message import COLOUR_LEGEND, MessageView, code_blocks
 from ..widgets.prompt import PromptInput
 
 if TYPE_CHECKING:
@@ -531,9 +531,7 @@ class ChatScreen(Screen):
         app.colour_tokens = not app.colour_tokens
         for view in self.query(MessageView):
             view.set_colour(app.colour_tokens)
-        app.notify(
-            "Colouring tokens: head-accepted tokens highlighted" if app.colour_tokens else "Token colouring off"
-        )
+        app.notify(COLOUR_LEGEND if app.colour_tokens else "Token colouring off: Markdown again")
 
     # --- compare mode -----------------------------------------------------------------------------
 

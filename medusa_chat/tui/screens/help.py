@@ -69,7 +69,11 @@ def binding_rows(maps: list[tuple[str, BindingsMap]]) -> list[tuple[str, str, st
 
 
 class HelpScreen(ModalScreen[None]):
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,f1,q", "dismiss", "Close help", id="help.close")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,f1,q", "dismiss", "Close help", id="help.close"),
+        Binding("pagedown,space", "page(1)", "More", priority=True, id="help.page_down"),
+        Binding("pageup", "page(-1)", "Back", priority=True, id="help.page_up"),
+    ]
 
     def __init__(self, maps: list[tuple[str, BindingsMap]]) -> None:
         super().__init__(id="help")
@@ -85,3 +89,11 @@ class HelpScreen(ModalScreen[None]):
             yield table
             yield Markdown(HELP_MARKDOWN, id="help-text")
         yield Footer()
+
+    def action_page(self, pages: int) -> None:
+        """Scroll the whole help (the keys table keeps the arrows), so the text below the table is reachable."""
+        dialog = self.query_one("#help-dialog", VerticalScroll)
+        if pages > 0:
+            dialog.scroll_page_down()
+        else:
+            dialog.scroll_page_up()

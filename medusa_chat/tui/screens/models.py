@@ -1,5 +1,8 @@
 """Model picker: the catalogue with cache state, size, memory estimates; download with progress; load.
 
+4-bit and 8-bit are offered where the loader can run them (:func:`medusa_chat.loading.quant_problem`): on a
+CPU through the lean decoder (the Llama family), on a GPU through bitsandbytes; elsewhere ``n/a`` with the reason.
+
 Any Hub repo id or local model directory can be typed too (validated before loading). The catalogue scan
 and every download run in thread workers; the screen never blocks. On narrow terminals the table uses
 compact cells so the memory columns and the buttons stay visible.
@@ -10,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import events, on, work
@@ -29,11 +32,12 @@ if TYPE_CHECKING:
     from ..app import MedusaChatApp
 
 PRECISIONS: list[tuple[str, str, float]] = [
-    # (label, value, bytes per parameter); 4/8-bit need a CUDA GPU (bitsandbytes)
+    # (label, value, bytes per parameter); 4/8-bit: the lean decoder on a CPU, bitsandbytes on a GPU;
+    # 16-bit: bf16 on a CPU (fp16 is very slow there), fp16 on a GPU
     ("auto", "auto", 0.0),
     ("4-bit", "4bit", 0.5),
     ("8-bit", "8bit", 1.0),
-    ("fp16", "fp16", 2.0),
+    ("16-bit", "16bit", 2.0),
     ("fp32", "fp32", 4.0),
 ]
 
@@ -55,7 +59,7 @@ def machine_memory() -> int:
 
 
 def machine_has_cuda() -> bool:
-    """Whether torch sees a CUDA GPU (4/8-bit need one). Called from the catalogue worker thread."""
+    """Whether torch sees a CUDA GPU (the loader runs on it). Called from the catalogue worker thread."""
     try:
         from ...memory import detect_device
 
@@ -64,7 +68,20 @@ def machine_has_cuda() -> bool:
         return False
 
 
-QUANT_REASON = "needs CUDA"
+QUANTISED = ("4bit", "8bit")
+
+
+def precision_problems(architecture: str, cuda: bool) -> dict[str, str]:
+    """Why 4-bit / 8-bit cannot run a model of ``architecture`` here, by precision (absent: it can).
+
+    The loader's own rule; called from the catalogue worker thread (it may import torch).
+    """
+    from ...loading import quant_problem
+
+    device = "cuda" if cuda else "cpu"
+    return {q: reason for q in QUANTISED if (reason := quant_problem(q, device, architecture))}
+
+
 SHORT_STATES = {"not downloaded": "remote", "not installed": "missing", "downloading": "↓ now", "packaged": "bundled"}
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 NARROW = 90  # below this width: compact cells and labels
@@ -87,15 +104,27 @@ def parse_model_id(text: str) -> tuple[str | None, str]:
     return None, f"{text!r} is neither a local directory nor a Hub repo id like org/name."
 
 
+def unavailable(problems: dict[str, str]) -> list[str]:
+    """One line per reason a precision cannot run here: ``4-bit, 8-bit: n/a, <reason>``."""
+    by_reason: dict[str, list[str]] = {}
+    for label, value, _ in PRECISIONS:
+        if value in problems:
+            by_reason.setdefault(problems[value], []).append(label)
+    return [f"{', '.join(labels)}: n/a, {reason}" for reason, labels in by_reason.items()]
+
+
 def estimate(params: int, bytes_per_param: float) -> int:
     """Memory to run a model: weights at the precision plus an overhead."""
     return bytes_needed(params, bytes_per_param)
 
 
-def request_for(name: str, precision: str) -> LoadRequest:
-    if precision in ("4bit", "8bit"):
+def request_for(name: str, precision: str, cuda: bool = False) -> LoadRequest:
+    """What loads ``name`` at a picker precision (``16bit``: fp16 on a GPU, bf16 on a CPU)."""
+    if precision in QUANTISED:
         return LoadRequest(model=name, quant=precision)
-    if precision in ("fp16", "fp32"):
+    if precision == "16bit":
+        return LoadRequest(model=name, dtype="fp16" if cuda else "bf16")
+    if precision == "fp32":
         return LoadRequest(model=name, dtype=precision)
     return LoadRequest(model=name)
 
@@ -109,13 +138,16 @@ class Row:
     params: int
     spec: Any
     note: str = ""
+    architecture: str = ""
+    problems: dict[str, str] = field(default_factory=dict)  # precision -> why it cannot run here
 
 
 class CatalogScanned(Message):
-    def __init__(self, rows: list[Row], error: str | None) -> None:
+    def __init__(self, rows: list[Row], error: str | None, typed_problems: dict[str, str] | None = None) -> None:
         super().__init__()
         self.rows = rows
         self.error = error
+        self.typed_problems = typed_problems or {}
 
 
 class DownloadProgressed(Message):
@@ -159,7 +191,7 @@ def scan_catalog() -> list[Row]:
                     state = "not downloaded"
             except Exception as exc:
                 state = f"error: {exc}"
-        rows.append(Row(spec.name, spec.label, state, size, spec.params, spec, spec.note))
+        rows.append(Row(spec.name, spec.label, state, size, spec.params, spec, spec.note, spec.architecture))
     return rows
 
 
@@ -184,8 +216,10 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
         self.downloading: str | None = None
         self.cancel = threading.Event()
         self.memory = 0
-        self.cuda = True  # until the scan says otherwise
+        self.cuda = False
+        self.typed_problems: dict[str, str] = {}  # for a typed model (architecture unknown until it loads)
         self._scanned_rows: list[Row] = []
+        self._checked_text: str | None = None  # the typed model the message is about
         self._narrow: bool | None = None
 
     @property
@@ -229,13 +263,17 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
         try:
             self.memory = machine_memory()
             self.cuda = machine_has_cuda()
-            self.post_message(CatalogScanned(scan_catalog(), None))
+            rows = scan_catalog()
+            for row in rows:
+                row.problems = precision_problems(row.architecture, self.cuda)
+            self.post_message(CatalogScanned(rows, None, precision_problems("", self.cuda)))
         except Exception as exc:
             self.post_message(CatalogScanned([], f"Catalogue unavailable: {exc}"))
 
-    def _memory_cell(self, params: int, precision: str, bytes_per_param: float) -> str:
-        if precision in ("4bit", "8bit") and not self.cuda:
-            return "no GPU" if self.narrow else QUANT_REASON
+    def _memory_cell(self, row: Row, precision: str, bytes_per_param: float) -> str:
+        if precision in row.problems:
+            return "n/a"
+        params = row.params
         if not params:
             return "–"
         need = estimate(params, bytes_per_param)
@@ -265,7 +303,7 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
                 label = label if len(label) <= 18 else label[:17] + "…"
                 state = SHORT_STATES.get(state, state[:7])
             cells = [label, state] + ([] if narrow else [human_bytes(row.size) if row.size > 0 else "–"])
-            cells += [self._memory_cell(row.params, value, b) for _, value, b in PRECISIONS[1:]]
+            cells += [self._memory_cell(row, value, b) for _, value, b in PRECISIONS[1:]]
             table.add_row(*cells, key=row.name)
         if keep is not None and keep.name in self.rows:
             table.move_cursor(row=table.get_row_index(keep.name))
@@ -276,9 +314,10 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
     def _scanned(self, message: CatalogScanned) -> None:
         self._scanned_rows = list(message.rows)
         self.rows = {r.name: r for r in message.rows}
+        self.typed_problems = message.typed_problems
         self._fill_table()
         memory = f"available here: {human_bytes(self.memory)}" if self.memory else "memory unknown"
-        quant = "" if self.cuda else " · 4/8-bit need a CUDA GPU (bitsandbytes): none here"
+        quant = "" if self.cuda else " · CPU: 4/8-bit for the Llama family (lean decoder), 16-bit as bf16"
         if self.narrow:
             summary = f"{len(message.rows)} models · ✓ fits / ✗ not in {human_bytes(self.memory) or '?'}{quant}"
         else:
@@ -301,7 +340,8 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
     @on(DataTable.RowHighlighted)
     def _show_detail(self) -> None:
         row = self.selected()
-        self.query_one("#model-detail", Static).update(f"{row.label}\n{row.note}".strip() if row else "")
+        lines = [row.label, row.note, *unavailable(row.problems)] if row else []
+        self.query_one("#model-detail", Static).update("\n".join(line for line in lines if line))
 
     @on(DataTable.RowSelected)
     def _row_selected(self) -> None:
@@ -320,27 +360,30 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
         self.action_cancel_download()
 
     @on(Input.Changed, "#model-id")
-    def _typing(self) -> None:
-        self._message("")
+    def _typing(self, event: Input.Changed) -> None:
+        """Editing clears the message, unless it is about this very text (a change event may arrive after it)."""
+        if event.value != self._checked_text:
+            self._message("")
 
-    def _precision(self) -> str | None:
-        """The chosen precision, or None (with a message) when this machine cannot run it."""
+    def _precision(self, name: str, problems: dict[str, str]) -> str | None:
+        """The chosen precision, or None (with a message) when this machine cannot run it for model ``name``."""
         precision = str(self.query_one("#precision", Select).value)
-        if precision in ("4bit", "8bit") and not self.cuda:
-            self._message(f"{precision} needs a CUDA GPU (bitsandbytes) and this machine has none: "
-                          "pick auto, fp16 or fp32.", error=True)
+        if precision in problems:
+            self._message(f"{precision} cannot run {name} here: {problems[precision]}. Pick auto, 16-bit or fp32.",
+                          error=True)
             return None
         return precision
 
     def load_typed(self) -> None:
         """Load what was typed: an existing local model directory or a Hub repo id."""
-        model, problem = parse_model_id(self.query_one("#model-id", Input).value)
+        text = self._checked_text = self.query_one("#model-id", Input).value
+        model, problem = parse_model_id(text)
         if model is None:
             self._message(problem, error=True)
             return
-        precision = self._precision()
+        precision = self._precision(model, self.typed_problems)
         if precision is not None:
-            self.dismiss(request_for(model, precision))
+            self.dismiss(request_for(model, precision, self.cuda))
 
     def action_load(self) -> None:
         if self.focused is self.query_one("#model-id", Input):
@@ -355,9 +398,9 @@ class ModelsScreen(ModalScreen[LoadRequest | None]):
         if row.state == "not installed":
             self._message(f"{row.name} ships in a Python package that is not installed: {row.note}", error=True)
             return
-        precision = self._precision()
+        precision = self._precision(row.name, row.problems)
         if precision is not None:
-            self.dismiss(request_for(row.name, precision))
+            self.dismiss(request_for(row.name, precision, self.cuda))
 
     def action_close(self) -> None:
         if self.downloading:

@@ -75,6 +75,13 @@ class PromptInput(TextArea):
             if text.strip():
                 self.post_message(self.Submitted(self, text))
             return
+        if any(b.action == "newline" for b in self._bindings.key_to_bindings.get(event.key, ())):
+            # Now, in order with the keys around it: a binding's action runs only after the key has bubbled
+            # up to the app, by which time the characters typed after it may already be in.
+            event.stop()
+            event.prevent_default()
+            self.action_newline()
+            return
         await super()._on_key(event)
 
     def action_cursor_up(self, select: bool = False) -> None:
