@@ -220,6 +220,20 @@ def _choose_device(device: str | None) -> str:
     raise LoadError(f"unknown device {device!r}: use cpu or cuda (cuda:N for another GPU)")
 
 
+def default_setting(spec: ModelSpec, device: str | None = None) -> str:
+    """The engine and precision ``spec`` loads with when nothing is asked, e.g. ``lean cpu 4bit (bf16)``."""
+    from .engine.lean import SUPPORTED
+
+    device = _choose_device(device)
+    quant = _choose_quant("auto", "auto", device, "auto", spec)
+    dtype = _choose_dtype("auto", device, quant)
+    if device != "cpu" or (spec.architecture and spec.architecture not in SUPPORTED):
+        engine = "transformers"
+    else:  # an architecture the catalogue does not name is known once its config is read
+        engine = "lean" if spec.architecture else "lean (or transformers)"
+    return f"{engine} {device} " + (f"{quant} ({dtype})" if quant != "none" else dtype)
+
+
 def _choose_quant(quant: str, dtype: str, device: str, engine: str, spec: ModelSpec) -> str:
     """``auto``: the model's own 4-bit weights on the lean decoder where it ships them (the offline
     default's GGUF) and the CPU has the int4 kernel's fast path (AVX-512); dense otherwise.

@@ -295,6 +295,8 @@ def test_cli_download_list_info_remove(hub_env):
     info = runner.invoke(app, ["models", "info", "tiny", "--remote"])
     assert info.exit_code == 0 and "test/tiny-llama/model.safetensors" in info.output
     assert "still to download 0 B" in info.output
+    runs_as = next(line for line in info.output.splitlines() if line.startswith("runs as"))
+    assert "cpu fp32" in runs_as or "cuda fp16" in runs_as  # dense: 4-bit by default only for the default's GGUF
 
     removed = runner.invoke(app, ["models", "remove", "tiny", "--yes"])
     assert removed.exit_code == 0 and "freed" in removed.output

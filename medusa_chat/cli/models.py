@@ -82,6 +82,7 @@ def info(
 ) -> None:
     """Everything known about one model (and with --remote, the files a download needs)."""
     from ..hub import HubError, cached_state, plan
+    from ..loading import default_setting
 
     spec = _spec(name)
     state = cached_state(spec)
@@ -96,6 +97,7 @@ def info(
         "heads": spec.num_heads,
         "default tree": spec.default_tree,
         "chat template": spec.chat_template,
+        "runs as": default_setting(spec),
         "license": spec.license,
         "source": spec.source,
         "cached": "yes" if state.complete else "no",
