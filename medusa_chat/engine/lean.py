@@ -14,6 +14,7 @@ own terms.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -214,26 +215,44 @@ class LeanLlama:
         cos, sin = self._rope(positions)
         groups = _row_groups(mask[0, 0]) if batch == 1 and tree else None
         x = self.embed(ids)  # [B, q, H]
-        heads_dim = s.num_heads * s.head_dim
-        kv_dim = s.num_kv_heads * s.head_dim
-        for i, layer in enumerate(self.layers):
-            h = _rms_norm(x, layer.attn_norm, s.rms_eps)
-            qkv = layer.wqkv(h)  # [B, q, (heads + 2 kv) D]
-            xq, xk, xv = qkv.split([heads_dim, kv_dim, kv_dim], dim=-1)
-            xq = xq.view(batch, q, s.num_heads, s.head_dim).transpose(1, 2)  # [B, heads, q, D]
-            xk = xk.view(batch, q, s.num_kv_heads, s.head_dim).transpose(1, 2)  # [B, kv, q, D]
-            xv = xv.view(batch, q, s.num_kv_heads, s.head_dim).transpose(1, 2)
-            xq, xk = _apply_rope(xq, cos, sin), _apply_rope(xk, cos, sin)
-            self.cache.k[i, :, :, start:end] = xk
-            self.cache.v[i, :, :, start:end] = xv
-            keys, values = self.cache.k[i, :, :, :end], self.cache.v[i, :, :, :end]  # [B, kv, L + q, D]
-            attn = self._attend(xq, keys, values, mask, groups)  # [B, heads, q, D]
-            x = x + layer.wo(attn.transpose(1, 2).reshape(batch, q, heads_dim))
-            h = _rms_norm(x, layer.mlp_norm, s.rms_eps)
-            gate, up = layer.w13(h).chunk(2, dim=-1)
-            x = x + layer.w2(F.silu(gate) * up)
+        with sdpa_kernel(SDPBackend.MATH) if groups else nullcontext():  # entered once: it costs 20 us
+            for i, layer in enumerate(self.layers):
+                x = self._layer(i, layer, x, cos, sin, mask, groups, start, end)
         self.cache.length = end
         return _rms_norm(x, self.norm, s.rms_eps)
+
+    def _layer(
+        self,
+        i: int,
+        layer: Layer,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        groups: list[tuple[torch.Tensor, torch.Tensor | None]] | None,
+        start: int,
+        end: int,
+    ) -> torch.Tensor:
+        """Layer ``i`` on ``x`` [B, q, H], writing its keys and values at cache positions ``start:end``."""
+        s = self.spec
+        batch, q, _ = x.shape
+        heads_dim = s.num_heads * s.head_dim
+        kv_dim = s.num_kv_heads * s.head_dim
+        h = _rms_norm(x, layer.attn_norm, s.rms_eps)
+        qkv = layer.wqkv(h)  # [B, q, (heads + 2 kv) D]
+        xq, xk, xv = qkv.split([heads_dim, kv_dim, kv_dim], dim=-1)
+        xq = xq.view(batch, q, s.num_heads, s.head_dim).transpose(1, 2)  # [B, heads, q, D]
+        xk = xk.view(batch, q, s.num_kv_heads, s.head_dim).transpose(1, 2)  # [B, kv, q, D]
+        xv = xv.view(batch, q, s.num_kv_heads, s.head_dim).transpose(1, 2)
+        xq, xk = _apply_rope(xq, cos, sin), _apply_rope(xk, cos, sin)
+        self.cache.k[i, :, :, start:end] = xk
+        self.cache.v[i, :, :, start:end] = xv
+        keys, values = self.cache.k[i, :, :, :end], self.cache.v[i, :, :, :end]  # [B, kv, L + q, D]
+        attn = self._attend(xq, keys, values, mask, groups)  # [B, heads, q, D]
+        x = x + layer.wo(attn.transpose(1, 2).reshape(batch, q, heads_dim))
+        h = _rms_norm(x, layer.mlp_norm, s.rms_eps)
+        gate, up = layer.w13(h).chunk(2, dim=-1)
+        return x + layer.w2(F.silu(gate) * up)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
@@ -258,16 +277,15 @@ class LeanLlama:
         gqa = self.spec.num_kv_heads != self.spec.num_heads
         if groups is None:
             return F.scaled_dot_product_attention(xq, keys, values, attn_mask=mask, enable_gqa=gqa)
+        # The caller runs this under the math backend.
+        if groups[0][1] is None:  # a one-token step: its row sees every key, in order
+            return F.scaled_dot_product_attention(xq, keys, values, enable_gqa=gqa)
         out = torch.empty_like(xq)
-        with sdpa_kernel(SDPBackend.MATH):
-            for rows, index in groups:
-                if index is None:  # one row that sees every key: no gather
-                    k, v = keys, values
-                else:
-                    k = keys[0][:, index].transpose(0, 1)  # [n, kv, count, D]
-                    v = values[0][:, index].transpose(0, 1)
-                part = F.scaled_dot_product_attention(xq[0][:, rows].transpose(0, 1)[:, :, None], k, v, enable_gqa=gqa)
-                out[0][:, rows] = part[:, :, 0].transpose(0, 1)  # [heads, n, D]
+        for rows, index in groups:
+            k = keys[0][:, index].transpose(0, 1)  # [n, kv, count, D]
+            v = values[0][:, index].transpose(0, 1)
+            part = F.scaled_dot_product_attention(xq[0][:, rows].transpose(0, 1)[:, :, None], k, v, enable_gqa=gqa)
+            out[0][:, rows] = part[:, :, 0].transpose(0, 1)  # [heads, n, D]
         return out
 
 
