@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medusa_chat.engine.acceptance import sample_walk
-from medusa_chat.engine.generator import GenerationConfig, Generator, _Pace
+from medusa_chat.engine.generator import GenerationConfig, Generator
 from medusa_chat.engine.lookup import lookup_draft
 from medusa_chat.engine.tree import build_tree, with_chain
 from tests.tiny import fit_heads, greedy_sequence, random_heads, tiny_model, tiny_tokenizer
@@ -99,27 +99,6 @@ def test_exact_sampling_matches_the_base_distribution(model):
     stat, critical = _chi_square(counts, probs, n)
     assert stat < critical, (stat, critical)
     assert drafted > 0.3 * n  # head proposals were accepted often: the walk through the tree was exercised
-
-
-def test_pace_falls_back_when_medusa_is_slower_and_reprobes():
-    pace = _Pace(plain_rate=100.0)
-    modes = []
-    for _ in range(70):
-        mode = pace.next_mode()
-        modes.append(mode)
-        pace.record(mode, 1, 0.02 if mode == "medusa" else 0.01)  # Medusa 50 tok/s, plain 100 tok/s
-    probe = _Pace.PROBE_AFTER - 1
-    assert modes[:probe] == ["medusa"] * probe
-    assert modes[probe : probe + _Pace.RECHECK] == ["plain"] * _Pace.RECHECK
-    assert "medusa" in modes[probe + _Pace.RECHECK :]  # re-probed
-
-    fast = _Pace(plain_rate=None)
-    modes = []
-    for _ in range(40):
-        mode = fast.next_mode()
-        modes.append(mode)
-        fast.record(mode, 3 if mode == "medusa" else 1, 0.012 if mode == "medusa" else 0.01)
-    assert modes.count("plain") == _Pace.PROBE_STEPS  # one probe of the plain speed, then Medusa stays on
 
 
 def test_fallback_keeps_greedy_output_and_reports_it(model):

@@ -294,7 +294,9 @@ def test_gauges_agree_with_the_answer_line():
     assert g.steps == 3 and g.current == 4
     g.finish(stats(8, 3, 0.06))
     assert g.mean_accepted == pytest.approx(8 / 3) and g.speedup == pytest.approx(8 / 0.06 / 50)
-    assert summary_lines(g.as_dict()) == ["8 tokens · 3 steps · 2.67 tok/step · 133.3 tok/s · 2.67× plain · Medusa on"]
+    assert summary_lines(g.as_dict()) == [  # three steps against a plain speed from elsewhere: a first impression
+        "8 tokens · 3 steps · 2.67 tok/step · 133.3 tok/s · ~2.67× plain (few steps) · Medusa on"
+    ]
     one = Gauges()
     one.add(step(1))
     one.finish(stats(1, 1, 0.01, medusa=False))

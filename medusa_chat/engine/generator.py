@@ -16,8 +16,10 @@ greedy plain output (up to floating-point ties, so tests of exactness run in fp3
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -53,47 +55,95 @@ class _State:
     root: int | None = None  # the next token, when lossless sampling already drew it
 
 
+MODES = ("medusa", "plain")
+
+
 class _Pace:
-    """Measured tokens/s of Medusa and plain steps, and which one to run next (automatic fallback)."""
+    """Automatic fallback: which of Medusa and plain steps is faster now, measured during the answer.
 
-    PROBE_AFTER = 8  # Medusa steps before plain decoding is probed (when its speed is unknown)
-    PROBE_STEPS = 4  # plain steps in a probe (the first, which only picks a token, is not timed)
-    RECHECK = 48  # plain steps before Medusa is tried again
+    Each mode's rate is ``mean tokens / median seconds`` over its latest run of steps (the last
+    ``WINDOW``; timing noise moves a median little, and accepted tokens are signal, not noise). The
+    preferred mode runs in stretches; after each one the other mode is tried for ``PROBE`` steps and the
+    faster of the two is kept. The next stretch is ``STAY`` steps times the kept mode's lead, doubling
+    each time the choice is confirmed (up to ``MAX_STAY``), so a slower mode costs ever less. The first
+    step of each run is not timed: a plain one only picks a token, and a Medusa one also feeds the token
+    the last plain step left pending.
 
-    def __init__(self, plain_rate: float | None) -> None:
-        self.rates: dict[str, float | None] = {"medusa": None, "plain": plain_rate}
+    ``plain_rate`` (from an earlier answer or calibration) is only a prior: when Medusa beats it the
+    first probe is put off one stretch; plain is never preferred before it is measured in this answer.
+    """
+
+    WINDOW = 16  # latest timed steps of a run whose median is used
+    MIN_SAMPLES = 6  # timed steps a rate needs
+    PROBE = MIN_SAMPLES + 1  # steps of a trial of the other mode (the first is not timed)
+    STAY = 32  # steps of the preferred mode before the other one is tried again ...
+    MAX_STAY = 512  # ... doubling each time the preferred mode is confirmed, up to this
+
+    def __init__(self, plain_rate: float | None = None) -> None:
+        self.prior = plain_rate
+        self.preferred = "medusa"
         self.mode = "medusa"
-        self.left = self.PROBE_AFTER
-        self._first = True
+        self.left = self.PROBE  # steps before the next decision
+        self.stay = self.STAY
+        self._runs: dict[str, deque[tuple[int, float]]] = {m: deque(maxlen=self.WINDOW) for m in MODES}
+        self._last: str | None = None
+        self._measured: dict[str, float | None] = dict.fromkeys(MODES)
 
     def record(self, mode: str, tokens: int, seconds: float) -> None:
-        if mode == "plain" and self._first:  # a plain step's forward pass is paid by the next step
-            self._first = False
-            return
-        if seconds <= 0 or not tokens:
-            return
-        rate = tokens / seconds
-        old = self.rates[mode]
-        self.rates[mode] = rate if old is None else 0.7 * old + 0.3 * rate
+        """One step's outcome: ``tokens`` emitted in ``seconds``."""
+        if mode != self._last:  # a new run: its first step is not timed
+            self._last = mode
+            self._runs[mode].clear()
+        elif tokens > 0 and seconds > 0:
+            self._runs[mode].append((tokens, seconds))
+            self._measured[mode] = self.rate(mode) or self._measured[mode]
+
+    def rate(self, mode: str) -> float | None:
+        """Tokens/s of ``mode``'s latest run, or None before it has enough timed steps."""
+        run = self._runs[mode]
+        if len(run) < self.MIN_SAMPLES:
+            return None
+        return statistics.fmean(t for t, _ in run) / statistics.median(s for _, s in run)
+
+    @property
+    def plain_rate(self) -> float | None:
+        """The plain tokens/s of the latest run with enough timed steps (None when plain was not measured)."""
+        return self._measured["plain"]
+
+    @property
+    def falling_back(self) -> bool:
+        """Plain decoding is preferred: Medusa was measured slower."""
+        return self.preferred == "plain"
 
     def next_mode(self) -> str:
         """The mode for the coming step."""
+        if self.left <= 0:
+            self._decide()
         self.left -= 1
-        if self.left > 0:
-            return self.mode
-        medusa, plain = self.rates["medusa"], self.rates["plain"]
-        if self.mode == "plain":
-            self._switch("medusa", self.PROBE_AFTER)  # (re-)probe Medusa
-        elif plain is None:
-            self._switch("plain", self.PROBE_STEPS)  # probe the plain speed once
-        elif medusa is not None and medusa < plain:
-            self._switch("plain", self.RECHECK)  # fall back
-        else:
-            self.left = self.RECHECK
         return self.mode
 
-    def _switch(self, mode: str, steps: int) -> None:
-        self.mode, self.left, self._first = mode, steps, True
+    def _decide(self) -> None:
+        other = "plain" if self.mode == "medusa" else "medusa"
+        mine = self.rate(self.mode)
+        if mine is None:  # too few timed steps yet (a step emitted nothing or ran in the other mode)
+            self.left = 1
+        elif self.mode != self.preferred:  # the end of a trial: keep the faster mode
+            theirs = self.rate(other)
+            kept = self.mode if theirs is None or mine > theirs else other
+            if kept != self.preferred:
+                self.preferred, self.stay = kept, self.STAY
+            gap = max(mine, theirs) / min(mine, theirs) if theirs else 1.0  # the clearer the win, the longer
+            self._run(kept, min(round(self.stay * gap), self.MAX_STAY))
+            self.stay = min(2 * self.stay, self.MAX_STAY)
+        else:  # the end of a stretch of the preferred mode: try the other one
+            prior, self.prior = self.prior, None
+            if self.mode == "medusa" and prior is not None and mine > prior:
+                self._run("medusa", self.stay)  # Medusa beats the plain speed known so far: probe a stretch later
+            else:
+                self._run(other, self.PROBE)
+
+    def _run(self, mode: str, steps: int) -> None:
+        self.mode, self.left = mode, steps
 
 
 class Generator:
@@ -233,7 +283,7 @@ class Generator:
                     if self.profile:
                         self.profile.add_step(step_time)
                     steps += bool(tokens)  # a step that only found the end of the answer emits nothing
-                    fallback = pace is not None and mode == "plain"
+                    fallback = pace is not None and mode == "plain" and pace.falling_back
                     if pace:
                         pace.record(mode, len(tokens), step_time)
                         fallback_steps += fallback
@@ -249,8 +299,8 @@ class Generator:
         except BaseException:  # an error inside a step may leave the cache half-updated: start afresh next time
             self.reset()
             raise
-        if pace and pace.rates["plain"] is not None:
-            self.plain_rate = pace.rates["plain"]
+        if pace and pace.plain_rate is not None:
+            self.plain_rate = pace.plain_rate
         tail = text.flush()
         if tail:
             yield StepEvent([], tail, 0, 0, 0.0, [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,11 @@ def plural(n: int, word: str) -> str:
 
 
 SPEEDUP_SLACK = 1.05  # measured speedup may exceed tokens/step by timing noise only
+PLAIN_WINDOW = 16  # latest timed plain steps of an answer whose median is its plain speed
+MIN_PLAIN_STEPS = 6  # timed plain steps an answer needs for a plain speed of its own
+RELIABLE_STEPS = 16  # steps an answer needs before its speedup is more than a first impression
+FEW_STEPS = "few steps"
+EARLIER_PLAIN = "plain timed earlier"
 
 
 @dataclass
@@ -26,6 +32,10 @@ class Gauges:
     Every figure (steps, tokens, tokens/s, tokens/step, speedup) comes from the same counters, so the
     gauge bar and the answer's line agree. A step that emits no token (the text flushed at the end) is
     not a step. ``medusa`` is what the engine actually did once the answer ends (no heads: plain).
+
+    The speedup compares like with like where it can: ``plain_tps`` is the median speed of this answer's
+    own plain steps (the automatic fallback's probes, at this context length); until there are enough,
+    ``baseline_tps`` (the session's latest plain measurement) stands in and the speedup carries a note.
     """
 
     medusa: bool = True
@@ -39,11 +49,20 @@ class Gauges:
     final: GenerationStats | None = None
     fallback: bool = False  # the latest step was plain decoding chosen by automatic fallback
     fallback_steps: int = 0
+    plain_tps: float | None = None  # this answer's own plain speed (median over its timed plain steps)
+    plain_times: deque[float] = field(default_factory=lambda: deque(maxlen=PLAIN_WINDOW), init=False, repr=False)
+    _plain_run: bool = field(default=False, init=False, repr=False)  # the latest step was a plain one
 
     def add(self, event: StepEvent) -> None:
         self.decode_time += max(event.step_time, 0.0)
         if event.accepted <= 0:
             return
+        plain = event.tree_size == 1
+        if plain and self._plain_run and event.step_time > 0:  # a run's first plain step only picks a token
+            self.plain_times.append(event.step_time)
+            if len(self.plain_times) >= MIN_PLAIN_STEPS:
+                self.plain_tps = 1.0 / statistics.median(self.plain_times)
+        self._plain_run = plain
         self.fallback = event.fallback
         self.fallback_steps += bool(event.fallback)
         self.steps += 1
@@ -79,11 +98,25 @@ class Gauges:
         return self.tokens / self.decode_time if self.decode_time > 0 else 0.0
 
     @property
+    def baseline(self) -> float | None:
+        """The plain tokens/s the speedup divides by: this answer's own, else the session's latest."""
+        return self.plain_tps or self.baseline_tps
+
+    @property
     def raw_speedup(self) -> float | None:
         """This answer's tokens/s over the measured plain tokens/s; None for plain answers."""
-        if self.mode in ("plain", "fallback") or not self.baseline_tps or self.tokens_per_s <= 0:
+        if self.mode in ("plain", "fallback") or not self.baseline or self.tokens_per_s <= 0:
             return None
-        return self.tokens_per_s / self.baseline_tps
+        return self.tokens_per_s / self.baseline
+
+    @property
+    def speedup_note(self) -> str | None:
+        """Why the speedup is not yet reliable (too few steps, plain not timed in this answer), or None."""
+        if self.speedup is None:
+            return None
+        if self.steps < RELIABLE_STEPS:
+            return FEW_STEPS
+        return None if self.plain_tps else EARLIER_PLAIN
 
     @property
     def stale_baseline(self) -> bool:
@@ -112,6 +145,8 @@ class Gauges:
             out["speedup"] = round(self.speedup, 4)
         if self.baseline_tps:
             out["baseline_tps"] = round(self.baseline_tps, 3)
+        if self.plain_tps:
+            out["plain_tps"] = round(self.plain_tps, 3)
         if self.stale_baseline:
             out["stale_baseline"] = True
         if self.final is not None:
@@ -137,6 +172,8 @@ class Gauges:
             g.decode_time = float(data["decode_time"])
         else:
             g.decode_time = g.tokens / tps if tps > 0 else 0.0
+        if data.get("plain_tps"):
+            g.plain_tps = float(data["plain_tps"])
         if data.get("baseline_tps"):
             g.baseline_tps = float(data["baseline_tps"])
         elif data.get("speedup") and tps > 0:
@@ -155,7 +192,8 @@ def summary_lines(stats: dict[str, Any]) -> list[str]:
     if g.tokens_per_s > 0:
         parts.append(f"{g.tokens_per_s:.1f} tok/s")
     if g.speedup is not None:
-        parts.append(f"{g.speedup:.2f}× plain")
+        note = g.speedup_note
+        parts.append(f"~{g.speedup:.2f}× plain ({note})" if note else f"{g.speedup:.2f}× plain")
     elif stats.get("stale_baseline"):
         parts.append("speedup ? (plain speed stale)")
     parts.append({"plain": "Medusa off", "fallback": "decoded plainly"}.get(g.mode, "Medusa on"))

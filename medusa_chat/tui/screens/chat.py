@@ -332,6 +332,8 @@ class ChatScreen(Screen):
         if not stats.medusa and stats.new_tokens >= BASELINE_MIN_TOKENS and stats.tokens_per_s > 0:
             app.baseline_tps = stats.tokens_per_s  # measured plain speed, refreshed
             job.gauges.baseline_tps = stats.tokens_per_s
+        elif job.gauges.plain_tps:
+            app.baseline_tps = job.gauges.plain_tps  # plain steps timed in this answer: the latest plain speed
         assert job.view is not None
         if stats.text and not job.view.content:
             await job.view.append(stats.text, [(stats.text, False)])

@@ -12,14 +12,16 @@ from rich.text import Text
 from textual.geometry import Size
 from textual.widget import Widget
 
-from ..stats import Gauges, sparkline
+from ..stats import EARLIER_PLAIN, FEW_STEPS, RELIABLE_STEPS, Gauges, sparkline
 
 SPEEDUP_HELP = (
     "Speedup is measured, not assumed: tokens/s of this answer divided by the plain-decoding tokens/s "
-    "of the same model on this machine. The plain speed comes from a short calibration run when the "
-    "model loads, and is refreshed every time you generate with Medusa off (ctrl+t) and by compare "
-    "(ctrl+b). A speedup above the tokens per step is impossible, so it is then shown as `?` (the plain "
-    "speed is stale: the machine was busier when it was measured)."
+    "of the same model on this machine. With automatic fallback on, each answer times a few plain steps "
+    "of its own (at its own context length) and divides by their median. Until it has, the latest plain "
+    "speed of this session stands in (an earlier answer, Medusa off with ctrl+t, compare with ctrl+b, or "
+    "the short run at load) and the speedup is shown as `~` with a note, as it is for answers of fewer "
+    f"than {RELIABLE_STEPS} steps. A speedup above the tokens per step is impossible, so it is then shown "
+    "as `?` (the plain speed is stale: the machine was busier when it was measured)."
 )
 ACCEPT_HELP = (
     "Accepted tokens per step: how many tokens one forward pass produced (1 = plain decoding). "
@@ -27,7 +29,7 @@ ACCEPT_HELP = (
 )
 FALLBACK_HELP = (
     "`→ plain` is automatic fallback: plain decoding was measured faster than Medusa for this model on this "
-    "machine, so the engine decodes plainly and tries Medusa again every few dozen steps. Such an answer says "
+    "machine, so the engine decodes plainly and tries Medusa again ever less often. Such an answer says "
     "so on a line of its own and claims no speedup (Settings: Automatic fallback)."
 )
 GAUGE_HELP = f"{ACCEPT_HELP}\n\n{SPEEDUP_HELP}\n\n{FALLBACK_HELP}"
@@ -40,8 +42,12 @@ def gauge_parts(
     gauges: Gauges | None, medusa: bool, baseline: float | None, *, measuring: bool = False, short: bool = False
 ) -> dict[str, str]:
     """The texts of the bar. ``medusa``: the toggle (used when no figures are shown yet)."""
+    note = gauges.speedup_note if gauges is not None else None
+    if gauges is not None and gauges.plain_tps:
+        baseline = gauges.plain_tps  # this answer's own plain speed, the one its speedup divides by
     if baseline:
-        plain = f"plain {baseline:.1f} tok/s"
+        earlier = " (timed earlier)" if note == EARLIER_PLAIN and not short else ""
+        plain = f"plain {baseline:.1f} tok/s{earlier}"
     elif measuring:
         plain = "plain speed: measuring…"
     else:
@@ -68,7 +74,9 @@ def gauge_parts(
     parts["spark"] = sparkline(gauges.recent, width=SPARK_WIDTH)
     parts["tps"] = f"{gauges.tokens_per_s:.1f} tok/s"
     if gauges.speedup is not None:
-        parts["speedup"] = f"speedup {gauges.speedup:.2f}×"
+        rough = "~" if note else ""  # not yet reliable: the plain speed is from earlier, or few steps so far
+        few = f" ({FEW_STEPS})" if note == FEW_STEPS and not short else ""
+        parts["speedup"] = f"speedup {rough}{gauges.speedup:.2f}×{few}"
     elif gauges.stale_baseline:
         parts["speedup"] = "speedup ?"
     elif mode in ("plain", "fallback"):
