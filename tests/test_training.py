@@ -181,3 +181,17 @@ def test_eval_heads_accuracy(tiny_model: Path, prompts: Path, tmp_path: Path) ->
     assert json.loads(cli.stdout)["heads"]["head0"]["top1"] == pytest.approx(data["head0"]["top1"])
     table = CliRunner().invoke(app, [*args, "--limit", "2"])
     assert table.exit_code == 0 and "top-1" in table.stdout
+
+
+def test_the_stored_training_config_carries_no_absolute_paths():
+    from medusa_chat.prompts import DEV_PROMPTS, TRAIN_PROMPTS
+    from medusa_chat.training.train import TrainConfig, recorded
+
+    config = TrainConfig(prompts=str(TRAIN_PROMPTS), dev_prompts=str(DEV_PROMPTS), out="/somewhere/else/heads",
+                         command="medusa-chat train --out /somewhere/else/heads --epochs 2")
+    stored = recorded(config)
+    assert stored["prompts"] == "medusa_chat/data/prompts/train.jsonl.gz"
+    assert stored["dev_prompts"] == "medusa_chat/data/prompts/dev.jsonl"
+    assert stored["out"] == "heads" and stored["data"] == ""
+    assert stored["command"] == "medusa-chat train --out heads --epochs 2"
+    assert config.out == "/somewhere/else/heads"  # the run itself (and resume) keeps the real paths

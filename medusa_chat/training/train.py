@@ -276,7 +276,7 @@ def train(
                 limit=config.eval_limit, steps=config.eval_steps, progress=lambda d, n: _advance(ebar, d, n),
             )
         log(accuracy.table())
-    extra = {"training": asdict(config), "step": step, "dev_accuracy": accuracy.to_dict() if accuracy else None}
+    extra = {"training": recorded(config), "step": step, "dev_accuracy": accuracy.to_dict() if accuracy else None}
     save_heads(heads, out, config.model, extra=extra)
     (out / "README.md").write_text(model_card(config, accuracy, len(feats), train_seconds, vocab.coverage(feats)))
     state_path.unlink(missing_ok=True)
@@ -341,6 +341,33 @@ def training_features(config: TrainConfig, base, tokenizer, decoder, log: Callab
     return build_features(sequences, torch.cat(hidden), config.num_heads)
 
 
+PATH_FIELDS = ("prompts", "dev_prompts", "out", "data")
+
+
+def recorded(config: TrainConfig) -> dict:
+    """``config`` as stored with the heads: paths inside the project relative to it, others by name only,
+    so a card never carries one machine's absolute paths (checkpoints keep the real ones for ``resume``)."""
+    import shlex
+
+    root = Path(__file__).resolve().parents[2]  # the directory that holds the medusa_chat package
+
+    def portable(value: str) -> str:
+        path = Path(value)
+        if not value or not path.is_absolute():
+            return value
+        try:
+            return str(path.resolve().relative_to(root))
+        except ValueError:
+            return path.name
+
+    data = asdict(config)
+    for key in PATH_FIELDS:
+        data[key] = portable(data[key])
+    if data["command"]:
+        data["command"] = shlex.join(portable(word) for word in shlex.split(data["command"]))
+    return data
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -348,7 +375,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def _checkpoint(heads: MedusaHeads, optimizer: torch.optim.Optimizer, step: int, config: TrainConfig) -> None:
     """Latest heads in project format + the optimizer state, each written atomically."""
     out = Path(config.out)
-    save_heads(heads, out, config.model, extra={"training": asdict(config), "step": step})
+    save_heads(heads, out, config.model, extra={"training": recorded(config), "step": step})
     tmp = out / (STATE_FILE + ".tmp")
     state = {"heads": heads.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
              "config": json.dumps(asdict(config))}
@@ -383,7 +410,7 @@ def model_card(
         "## Command",
         "",
         "```",
-        config.command or "(called from Python)",
+        recorded(config)["command"] or "(called from Python)",
         "```",
         "",
         "## Data",
