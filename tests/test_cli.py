@@ -40,16 +40,21 @@ def test_generate_reports_bad_input_without_a_traceback(tiny_model_dir, tmp_path
     assert dense.exit_code == 1 and "computes in bf16" in dense.output
 
 
-def test_bench_json_has_every_summary_key(tiny_model_dir, tmp_path):
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["Hello there", "Count to five", "Why?"]))
+def bench_report(model_dir, tmp_path, prompts: list[str], *args):
+    """Run ``bench`` on ``prompts`` (greedy, fp32) with ``args``; (the CLI result, the JSON report)."""
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": p}) for p in prompts))
     out = tmp_path / "report.json"
-    result = invoke(
-        "bench", "--model", tiny_model_dir, "--prompts", prompts, "--max-new-tokens", 6, "--dtype", "fp32",
-        "--json", out, "--methods", "plain,medusa,hf,hf_lookup,hybrid,tf_plain,tf_medusa",
-    )
+    result = invoke("bench", "--model", model_dir, "--prompts", path, "--dtype", "fp32", "--json", out, *args)
     assert result.exit_code == 0, result.output
-    report = json.loads(out.read_text())
+    return result, json.loads(out.read_text())
+
+
+def test_bench_json_has_every_summary_key(tiny_model_dir, tmp_path):
+    result, report = bench_report(
+        tiny_model_dir, tmp_path, ["Hello there", "Count to five", "Why?"], "--max-new-tokens", 6,
+        "--methods", "plain,medusa,hf,hf_lookup,hybrid,tf_plain,tf_medusa",
+    )
     summary = report["summary"]
     for key in ("medusa_tok_s", "plain_tok_s", "hf_tok_s", "hf_lookup_tok_s", "speedup_vs_plain", "speedup_vs_hf",
                 "mean_accepted", "step_overhead", "identical_fraction", "tf_plain_tok_s", "plain_vs_tf_plain"):
@@ -73,30 +78,22 @@ def test_bench_rejects_unknown_methods_and_bad_prompt_files(tiny_model_dir, tmp_
 
 
 def test_bench_copy_tasks_are_two_turn_chats(tiny_model_dir, tmp_path):
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["Hello there", "Count to five"]))
-    out = tmp_path / "copy.json"
-    result = invoke(
-        "bench", "--model", tiny_model_dir, "--prompts", prompts, "--max-new-tokens", 6, "--dtype", "fp32",
-        "--copy-tasks", "--methods", "medusa,hybrid,plain", "--json", out,
+    _, report = bench_report(
+        tiny_model_dir, tmp_path, ["Hello there", "Count to five"], "--max-new-tokens", 6,
+        "--copy-tasks", "--methods", "medusa,hybrid,plain",
     )
-    assert result.exit_code == 0, result.output
-    rows = json.loads(out.read_text())["prompts"]
+    rows = report["prompts"]
     assert [r["turns"] for r in rows] == [2, 2]
     assert rows[0]["last"] == "Repeat your previous answer exactly."
     assert all(r["hybrid_identical"] and r["identical"] for r in rows)
 
 
 def test_bench_profile_splits_each_step_into_sections_that_add_up(tiny_model_dir, tmp_path):
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["Hello there", "Count to five"]))
-    out = tmp_path / "profile.json"
-    result = invoke(
-        "bench", "--model", tiny_model_dir, "--prompts", prompts, "--max-new-tokens", 8, "--dtype", "fp32",
-        "--methods", "plain,medusa", "--profile", "--json", out,
+    result, report = bench_report(
+        tiny_model_dir, tmp_path, ["Hello there", "Count to five"], "--max-new-tokens", 8,
+        "--methods", "plain,medusa", "--profile",
     )
-    assert result.exit_code == 0, result.output
-    summary = json.loads(out.read_text())["summary"]
+    summary = report["summary"]
     plain, medusa = summary["profile"]["plain"], summary["profile"]["medusa"]
     assert {"forward", "logits", "acceptance", "other", "total"} <= set(plain) and "tree forward" not in plain
     assert {"heads", "tree forward", "logits", "acceptance", "compaction", "other"} <= set(medusa)
