@@ -325,7 +325,10 @@ def test_ctrl_c_stops_the_cli_download_and_a_rerun_resumes(hub_env, tmp_path):
     env = {**os.environ, "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"}
     command = [sys.executable, "-m", "medusa_chat.cli", "models", "download", "test/tiny-llama"]
     blobs = hub.hub_cache_dir() / "models--test--tiny-llama" / "blobs"
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(  # Ctrl-C as in a terminal, even when the suite runs as a background job (SIGINT ignored)
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 30
     while not any(p.stat().st_size > 0 for p in blobs.glob("*.incomplete")) and time.monotonic() < deadline:
         time.sleep(0.05)
