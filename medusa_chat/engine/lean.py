@@ -9,17 +9,16 @@ tree steps (tree mask + depth positions) and batched greedy decoding with left p
 
 Greedy decoding computes one-token steps and tree rows the same way (row-wise norms, the same
 matmul kernels, the same attention over the cache), so Medusa on this decoder is lossless on its
-own terms.
+own terms. Keys and values are cached in fp32 whatever the weights' dtype: attention runs in fp32
+(as transformers' math attention does for bf16) without converting the whole cache every step.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .quant import Linear
 
@@ -84,11 +83,11 @@ class Layer:
 
 
 class KVCache:
-    """Keys and values of every layer, [layers, B, kv_heads, capacity, D], the first ``length`` positions valid."""
+    """Keys and values of every layer, [layers, B, kv_heads, capacity, D] in fp32; the first ``length`` are valid."""
 
-    def __init__(self, spec: LlamaSpec, batch: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, spec: LlamaSpec, batch: int, device: torch.device) -> None:
         self.shape = (spec.num_layers, batch, spec.num_kv_heads, 0, spec.head_dim)
-        self.k = torch.empty(self.shape, dtype=dtype, device=device)
+        self.k = torch.empty(self.shape, dtype=torch.float32, device=device)
         self.v = torch.empty_like(self.k)
         self.length = 0
 
@@ -152,7 +151,7 @@ class LeanLlama:
         self._inv_freq = inv_freq.to(self.device)
         self._rope_len = 0
         self._cos = self._sin = torch.empty(0)
-        self.cache = KVCache(spec, 1, dtype, self.device)
+        self.cache = KVCache(spec, 1, self.device)
 
     # -- cache -----------------------------------------------------------------------------
 
@@ -165,7 +164,7 @@ class LeanLlama:
         return self.cache.length
 
     def new_cache(self, batch: int = 1) -> None:
-        self.cache = KVCache(self.spec, batch, self.dtype, self.device)
+        self.cache = KVCache(self.spec, batch, self.device)
 
     def output_rows(self, ids: torch.Tensor) -> torch.Tensor:
         return self.lm_head.rows(ids)
@@ -180,7 +179,7 @@ class LeanLlama:
         self.cache.select_rows(rows)
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin [B, 1, q, D] for ``positions`` [B, q] (table grown on demand, as transformers computes it)."""
+        """cos and sin [B, q, 1, D] for ``positions`` [B, q] (table grown on demand, as transformers computes it)."""
         needed = int(positions.max()) + 1
         if needed > self._rope_len:
             length = -(-needed // CACHE_CHUNK) * CACHE_CHUNK
@@ -188,7 +187,7 @@ class LeanLlama:
             emb = torch.cat([freqs, freqs], dim=-1)  # [P, D]
             self._cos, self._sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
             self._rope_len = length
-        return self._cos[positions][:, None], self._sin[positions][:, None]
+        return self._cos[positions][:, :, None], self._sin[positions][:, :, None]
 
     # -- forward ---------------------------------------------------------------------------
 
@@ -211,13 +210,12 @@ class LeanLlama:
         if mask is None and q > 1:
             mask = torch.ones(q, end, dtype=torch.bool, device=self.device).tril(start)[None, None]
         elif mask is not None and mask.dtype != torch.bool:
-            mask = mask.to(self.dtype)
+            mask = mask.float()
         cos, sin = self._rope(positions)
         groups = _row_groups(mask[0, 0]) if batch == 1 and tree else None
         x = self.embed(ids)  # [B, q, H]
-        with sdpa_kernel(SDPBackend.MATH) if groups else nullcontext():  # entered once: it costs 20 us
-            for i, layer in enumerate(self.layers):
-                x = self._layer(i, layer, x, cos, sin, mask, groups, start, end)
+        for i, layer in enumerate(self.layers):
+            x = self._layer(i, layer, x, cos, sin, mask, groups, start, end)
         self.cache.length = end
         return _rms_norm(x, self.norm, s.rms_eps)
 
@@ -237,19 +235,15 @@ class LeanLlama:
         s = self.spec
         batch, q, _ = x.shape
         heads_dim = s.num_heads * s.head_dim
-        kv_dim = s.num_kv_heads * s.head_dim
         h = _rms_norm(x, layer.attn_norm, s.rms_eps)
-        qkv = layer.wqkv(h)  # [B, q, (heads + 2 kv) D]
-        xq, xk, xv = qkv.split([heads_dim, kv_dim, kv_dim], dim=-1)
-        xq = xq.view(batch, q, s.num_heads, s.head_dim).transpose(1, 2)  # [B, heads, q, D]
-        xk = xk.view(batch, q, s.num_kv_heads, s.head_dim).transpose(1, 2)  # [B, kv, q, D]
-        xv = xv.view(batch, q, s.num_kv_heads, s.head_dim).transpose(1, 2)
-        xq, xk = _apply_rope(xq, cos, sin), _apply_rope(xk, cos, sin)
-        self.cache.k[i, :, :, start:end] = xk
-        self.cache.v[i, :, :, start:end] = xv
+        qkv = layer.wqkv(h).view(batch, q, s.num_heads + 2 * s.num_kv_heads, s.head_dim)
+        qk = _apply_rope(qkv[:, :, : s.num_heads + s.num_kv_heads], cos, sin)  # queries and keys at once
+        xq, xk, xv = qk[:, :, : s.num_heads], qk[:, :, s.num_heads :], qkv[:, :, s.num_heads + s.num_kv_heads :]
+        self.cache.k[i, :, :, start:end] = xk.transpose(1, 2)  # [B, kv, q, D], to fp32
+        self.cache.v[i, :, :, start:end] = xv.transpose(1, 2)
         keys, values = self.cache.k[i, :, :, :end], self.cache.v[i, :, :, :end]  # [B, kv, L + q, D]
-        attn = self._attend(xq, keys, values, mask, groups)  # [B, heads, q, D]
-        x = x + layer.wo(attn.transpose(1, 2).reshape(batch, q, heads_dim))
+        attn = self._attend(xq.float(), keys, values, mask, groups).to(x.dtype)  # [B, q, heads, D]
+        x = x + layer.wo(attn.reshape(batch, q, heads_dim))
         h = _rms_norm(x, layer.mlp_norm, s.rms_eps)
         gate, up = layer.w13(h).chunk(2, dim=-1)
         return x + layer.w2(F.silu(gate) * up)
@@ -263,30 +257,37 @@ class LeanLlama:
         keys: torch.Tensor,
         values: torch.Tensor,
         mask: torch.Tensor | None,
-        groups: list[tuple[torch.Tensor, torch.Tensor]] | None,
+        groups: list[tuple[torch.Tensor, torch.Tensor | None]] | None,
     ) -> torch.Tensor:
-        """Attention of ``xq`` [B, heads, q, D] over ``keys``/``values`` [B, kv, L + q, D].
+        """Attention of ``xq`` [B, q, heads, D] over ``keys``/``values`` [B, kv, L + q, D] -> [B, q, heads, D], fp32.
 
         One-token steps and tree rows (``groups``) are computed so that a row's result depends only
-        on the keys it sees, in their order: rows that see the same number of keys go through the
-        math kernel together over exactly those keys, with no padding (a padded softmax rounds
-        differently). A tree row then equals, bit for bit, the one-token step that would have
-        computed it, so greedy Medusa equals plain decoding. Prefill and batched decoding use the
-        fused kernel.
+        on the keys it sees, in their order: rows that see the same number of keys are attended
+        together over exactly those keys, with no padding (a padded softmax rounds differently).
+        A tree row then equals, bit for bit, the one-token step that would have computed it, so
+        greedy Medusa equals plain decoding. Prefill and batched decoding use the fused kernel.
         """
-        gqa = self.spec.num_kv_heads != self.spec.num_heads
+        s = self.spec
         if groups is None:
-            return F.scaled_dot_product_attention(xq, keys, values, attn_mask=mask, enable_gqa=gqa)
-        # The caller runs this under the math backend.
+            out = F.scaled_dot_product_attention(
+                xq.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=s.num_kv_heads != s.num_heads
+            )
+            return out.transpose(1, 2)
         if groups[0][1] is None:  # a one-token step: its row sees every key, in order
-            return F.scaled_dot_product_attention(xq, keys, values, enable_gqa=gqa)
+            return _attention(xq.view(1, s.num_kv_heads, -1, s.head_dim), keys, values).view(xq.shape)
         out = torch.empty_like(xq)
         for rows, index in groups:
-            k = keys[0][:, index].transpose(0, 1)  # [n, kv, count, D]
-            v = values[0][:, index].transpose(0, 1)
-            part = F.scaled_dot_product_attention(xq[0][:, rows].transpose(0, 1)[:, :, None], k, v, enable_gqa=gqa)
-            out[0][:, rows] = part[:, :, 0].transpose(0, 1)  # [heads, n, D]
+            k = keys[0][:, index].transpose(0, 1).contiguous()  # [n, kv, count, D] (strides matter to the kernel)
+            v = values[0][:, index].transpose(0, 1).contiguous()
+            out[0, rows] = _attention(xq[0, rows].view(len(rows), s.num_kv_heads, -1, s.head_dim), k, v).flatten(1, 2)
         return out
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of ``q`` [n, kv, G, D] (the G query heads that share each kv head) over ``k``/``v``
+    [n, kv, count, D] -> [n, kv, G, D]: grouped-query attention without repeating keys and values."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
+    return torch.matmul(scores.softmax(-1), v)
 
 
 def _row_groups(mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
