@@ -29,7 +29,7 @@ from . import calibration
 from .catalog import ModelSpec, catalog, catalog_problems, chat_template_for, resolve
 from .errors import UserError
 from .machine import cpu_flags
-from .memory import OVERHEAD, cpu_memory, estimate_bytes
+from .memory import OVERHEAD, cpu_memory, estimate_bytes, loading_heap, trim_heap
 from .options import DTYPES, ENGINES, QUANTS, option_problem
 from .progress import Progress, stage
 from .trees import AUTO, TUNED, TreeChoice, resolve_tree
@@ -161,7 +161,8 @@ def load_model(
         if not params:
             params = _stored_params([model_dir, *([heads_path] if heads_path else [])], spec)
             notes = _check_memory(spec, params, device, dtype_name, quant, available, can_quantise)
-        loaded = _assemble(spec, model_dir, heads_path, device, dtype_name, quant, tree, report, engine, gguf)
+        with loading_heap():
+            loaded = _assemble(spec, model_dir, heads_path, device, dtype_name, quant, tree, report, engine, gguf)
     except Exception as exc:
         traceback.clear_frames(exc.__traceback__)  # the frames hold the partial model: let it go now
         free_memory()
@@ -174,6 +175,7 @@ def load_model(
         raise
     loaded.notes[:0] = notes
     loaded.load_time = time.perf_counter() - started
+    free_memory()
     return loaded
 
 
@@ -189,8 +191,10 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def free_memory() -> None:
-    """Collect garbage and return cached GPU memory (after an out-of-memory or an unload)."""
+    """Collect garbage, return cached GPU memory and the C heap's free pages (after a load, an out-of-memory
+    or an unload: glibc keeps the pages of freed temporaries otherwise)."""
     gc.collect()
+    trim_heap()
     try:
         import torch
 

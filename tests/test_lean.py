@@ -141,3 +141,14 @@ def test_int4_stacked_from_row_blocks_equals_the_whole_matrix():
     stacked = Int4.stack_rows([Int4(*quantize_int4(weight[i : i + 128]), dtype=torch.bfloat16) for i in (0, 128, 256)])
     x = torch.randn(5, 96).to(torch.bfloat16)
     assert torch.equal(stacked(x), whole(x)) and stacked.out_features == 320
+
+
+def test_int4_rows_are_dequantised_a_block_at_a_time_exactly(monkeypatch):
+    from medusa_chat.engine import quant
+
+    torch.manual_seed(4)
+    layer = Int4(*quantize_int4(torch.randn(320, 96)), dtype=torch.bfloat16)
+    whole = layer.dequantize()
+    monkeypatch.setattr(quant, "ROWS_AT_A_TIME", 128)
+    ids = torch.tensor([300, 0, 127, 128, 5, 319, 200])
+    assert torch.equal(layer.rows(ids), whole[ids])

@@ -8,7 +8,9 @@ llama.cpp stores q/k rows permuted for its RoPE layout; they are permuted back a
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,21 +70,108 @@ def _unpermute(rows: torch.Tensor, heads: int) -> torch.Tensor:
     return rows[index]
 
 
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass(frozen=True)
+class _TensorInfo:
+    name: str
+    dims: tuple[int, ...]  # GGUF order: the innermost (columns) first
+    kind: object  # gguf.GGMLQuantizationType
+    offset: int  # of its data in the file
+
+    @property
+    def rows(self) -> int:
+        return int(np.prod(self.dims[1:], dtype=np.int64)) if len(self.dims) > 1 else 1
+
+    @property
+    def row_bytes(self) -> int:
+        from gguf.constants import GGML_QUANT_SIZES
+
+        block, size = GGML_QUANT_SIZES[self.kind]
+        return self.dims[0] // block * size
+
+
+def _read_header(path: Path) -> tuple[dict[str, object], dict[str, _TensorInfo]]:
+    """The scalar metadata (arrays skipped) and tensor table of a GGUF file (versions 2 and 3).
+
+    Only the header is read: no memory map of the whole file and no Python object per vocabulary
+    entry, so reading the table costs a few MB (the ``gguf`` package's reader holds ~160 MB for
+    this model). Raises :class:`GGUFError` on a truncated or foreign file.
+    """
+    from gguf.constants import GGMLQuantizationType
+
+    with path.open("rb") as f:
+        def take(fmt: str):
+            raw = f.read(struct.calcsize(fmt))
+            if len(raw) != struct.calcsize(fmt):
+                raise GGUFError(f"{path} is truncated (its header ends early): re-install or re-download it")
+            return struct.unpack(fmt, raw)[0]
+
+        def string() -> str:
+            raw = f.read(take("<Q"))
+            return raw.decode("utf-8", errors="replace")
+
+        def value(kind: int):
+            if kind == _STRING:
+                return string()
+            if kind == _ARRAY:
+                item, count = take("<I"), take("<Q")
+                if item in _SCALARS:  # skipped: arrays are the vocabulary and its scores
+                    f.seek(struct.calcsize(_SCALARS[item]) * count, 1)
+                else:
+                    for _ in range(count):
+                        value(item)
+                return None
+            if kind not in _SCALARS:
+                raise GGUFError(f"{path} is not a readable GGUF file (value type {kind}): re-install or re-download it")
+            return take(_SCALARS[kind])
+
+        if f.read(4) != b"GGUF" or take("<I") not in (2, 3):
+            raise GGUFError(f"{path} is not a GGUF file (version 2 or 3): re-install or re-download it")
+        tensor_count, kv_count = take("<Q"), take("<Q")
+        fields = {}
+        for _ in range(kv_count):
+            key = string()
+            fields[key] = value(take("<I"))
+        infos = []
+        for _ in range(tensor_count):
+            name = string()
+            dims = tuple(take("<Q") for _ in range(take("<I")))
+            try:
+                kind = GGMLQuantizationType(take("<I"))
+            except ValueError as exc:
+                raise GGUFError(f"{path}: tensor {name!r} has an unknown type ({exc})") from exc
+            infos.append((name, dims, kind, take("<Q")))
+        alignment = int(fields.get("general.alignment") or 32)
+        start = -(-f.tell() // alignment) * alignment
+    tensors = {name: _TensorInfo(name, dims, kind, start + offset) for name, dims, kind, offset in infos}
+    return fields, tensors
+
+
 class _Reader:
-    """Tensors of one GGUF file by name, as int4 layers or dense tensors."""
+    """Tensors of one GGUF file by name, as int4 layers or dense tensors, read from the file one at a time."""
 
     def __init__(self, path: Path, dtype: torch.dtype, note: Callable[[str], None]) -> None:
-        from gguf import GGUFReader
-
         self.path, self.dtype, self.note = path, dtype, note
-        try:
-            reader = GGUFReader(str(path))
-        except Exception as exc:  # the gguf package raises assorted errors on bad files
-            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
-            raise GGUFError(f"{path} is not a readable GGUF file ({reason}): re-install or re-download it") from exc
-        self.fields = reader.fields
-        self.tensors = {t.name: t for t in reader.tensors}
+        self.fields, self.tensors = _read_header(path)
+        self.size = path.stat().st_size
         self.dequantised: set[str] = set()
+
+    def _data(self, name: str, rows: slice = slice(None)) -> np.ndarray:
+        """Raw rows of a tensor: [rows, bytes] for block types, plain values for F32/F16."""
+        t = self._tensor(name)
+        first, stop, _ = rows.indices(t.rows)
+        count = max(0, stop - first)
+        start = t.offset + first * t.row_bytes
+        if start + count * t.row_bytes > self.size:
+            raise GGUFError(f"{self.path} is truncated (tensor {name!r} ends past its end): re-install it")
+        raw = np.fromfile(self.path, dtype=np.uint8, count=count * t.row_bytes, offset=start).reshape(count, -1)
+        if t.kind.name in ("F32", "F16"):
+            values = raw.view(np.float32 if t.kind.name == "F32" else np.float16)
+            return values[0] if len(t.dims) == 1 else values
+        return raw
 
     def _tensor(self, name: str):
         if name not in self.tensors:
@@ -90,22 +179,22 @@ class _Reader:
         return self.tensors[name]
 
     def rows(self, name: str) -> int:
-        return int(self._tensor(name).data.shape[0])
+        return self._tensor(name).rows
 
     def dense(self, name: str, rows: slice = slice(None)) -> torch.Tensor:
         """Any tensor, or a slice of its rows, as fp32 [rows, cols] (or [n] for vectors)."""
         from gguf.quants import dequantize as gguf_dequantize
 
         t = self._tensor(name)
-        kind = t.tensor_type.name
-        data = t.data[rows]
+        kind = t.kind.name
+        data = self._data(name, rows)
         if kind == Q8_0:
             return unpack_q8_0(data)
         if kind in (Q4_0, Q4_1):
             return dequantize(*(unpack_q4_0 if kind == Q4_0 else unpack_q4_1)(data))
         if kind not in ("F32", "F16", "BF16"):
             self.dequantised.add(kind)
-        return torch.from_numpy(np.asarray(gguf_dequantize(data, t.tensor_type), dtype=np.float32).copy())
+        return torch.from_numpy(np.asarray(gguf_dequantize(data, t.kind), dtype=np.float32).copy())
 
     def dense_in_blocks(self, name: str, dtype: torch.dtype, int4_blocks: bool = False) -> tuple[torch.Tensor, list]:
         """A large matrix in ``dtype`` and, if asked, as int4 layers of :data:`BLOCK_ROWS` rows each (for
@@ -129,10 +218,9 @@ class _Reader:
         """(q, scale, zero) for the int4 kernel: exact for Q4_0/Q4_1, requantised from dense otherwise."""
         from .quant import quantize_int4
 
-        t = self._tensor(name)
-        kind = t.tensor_type.name
+        kind = self._tensor(name).kind.name
         if kind in (Q4_0, Q4_1):
-            q, d, m = (unpack_q4_0 if kind == Q4_0 else unpack_q4_1)(t.data)
+            q, d, m = (unpack_q4_0 if kind == Q4_0 else unpack_q4_1)(self._data(name))
             return q, d, m + 8 * d
         return quantize_int4(self.dense(name))
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 GROUP = 32
 INNER_K_TILES = 2
+ROWS_AT_A_TIME = 4096  # rows dequantised at once by Int4.rows (a multiple of 64)
 
 
 class Linear(Protocol):
@@ -71,7 +72,22 @@ class Int4:
         return out.view(*shape[:-1], self.out_features)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.dequantize()[ids]
+        """Dense rows ``ids`` [n] -> [n, K], dequantised :data:`ROWS_AT_A_TIME` rows at a time (never the whole)."""
+        out = torch.empty(len(ids), self.in_features, dtype=self.scales_zeros.dtype)
+        for start in range(0, self.out_features, ROWS_AT_A_TIME):
+            chosen = (ids >= start) & (ids < start + ROWS_AT_A_TIME)
+            if chosen.any():
+                out[chosen] = self._row_block(start, start + ROWS_AT_A_TIME).dequantize()[ids[chosen] - start]
+        return out
+
+    def _row_block(self, start: int, stop: int) -> Int4:
+        """Rows ``start:stop`` as a layer of their own (``start`` a multiple of 64: the packing's row tiles)."""
+        layer = Int4.__new__(Int4)
+        layer.packed = self.packed[start:stop]
+        layer.scales_zeros = self.scales_zeros[:, start:stop].contiguous()
+        layer.out_features = layer.packed.shape[0]
+        layer.in_features = self.in_features
+        return layer
 
     def dequantize(self) -> torch.Tensor:
         """The dense weight [N, K] the kernel computes with (for tests and fallbacks)."""
