@@ -32,6 +32,7 @@ from .machine import cpu_flags
 from .memory import OVERHEAD, cpu_memory, estimate_bytes, loading_heap, trim_heap
 from .options import DTYPES, ENGINES, QUANTS, option_problem
 from .progress import Progress, stage
+from .quiet import quiet_transformers
 from .trees import AUTO, TUNED, TreeChoice, resolve_tree
 
 CALIBRATION_PROMPT = "Write a short paragraph about the sea."
@@ -131,15 +132,12 @@ def load_model(
     """
     import torch
 
-    from .quiet import quiet_transformers
-
     report = progress or (lambda _msg: None)
     started = time.perf_counter()
     if problem := option_problem(threads=threads):
         raise LoadError(problem)
     if threads:
         torch.set_num_threads(threads)
-    quiet_transformers()
     spec = resolve(model)
     for problem in catalog_problems():
         report(f"warning: {problem}")
@@ -534,7 +532,7 @@ def _assemble(
             notes.append(note)
         config = decoder.config.get_text_config()
         lm_head = getattr(decoder.lm_head, "weight", None)  # dense projections only: no copy
-        medusa = load_heads(heads_path, config.hidden_size, config.vocab_size, lm_head=lm_head)
+        medusa = load_heads(heads_path, config.hidden_size, config.vocab_size, lm_head=lm_head, dtype=decoder.dtype)
     else:
         notes.append("no Medusa heads found: plain decoding only")
     step(3)
@@ -603,22 +601,24 @@ def _load_decoder(
     ``step(1)`` when the weights are read, ``step(2)`` when the decoder is built from them.
     """
     import torch
-    from transformers import AutoConfig, AutoTokenizer
 
     from .engine.decoder import TransformersDecoder
     from .engine.lean import UnsupportedModel, from_state_dict
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
-    if gguf:
+    if gguf:  # config and tokenizer without transformers: the default's memory stays small
         from .default_model import gguf_path
         from .engine.gguf_weights import GGUFError, load_gguf
+        from .model_files import LightTokenizer, read_config
 
+        tokenizer = LightTokenizer(path)  # first, then its parser's garbage goes back: ~14 MB off the peak
+        trim_heap()
         try:
-            decoder = load_gguf(gguf_path(), AutoConfig.from_pretrained(path), dtype, note=report)
+            decoder = load_gguf(gguf_path(), read_config(path), dtype, note=report)
         except GGUFError as exc:
             raise LoadError(str(exc)) from exc
         step(2)
-        return decoder, AutoTokenizer.from_pretrained(path)
+        return decoder, tokenizer
     lean = device == "cpu" and engine != "transformers"
     base, tokenizer = _load_base(path, device, "fp32" if lean else dtype_name, "none" if lean else quant)
     step(1)
@@ -642,6 +642,8 @@ def _load_decoder(
 def _load_base(path: Path, device: str, dtype_name: str, quant: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
 
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
     kwargs: dict[str, Any] = {"dtype": torch_dtype}

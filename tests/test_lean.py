@@ -138,7 +138,8 @@ def test_int4_stacked_from_row_blocks_equals_the_whole_matrix():
     torch.manual_seed(2)
     weight = torch.randn(320, 96)
     whole = Int4(*quantize_int4(weight), dtype=torch.bfloat16)
-    stacked = Int4.stack_rows([Int4(*quantize_int4(weight[i : i + 128]), dtype=torch.bfloat16) for i in (0, 128, 256)])
+    parts = (Int4(*quantize_int4(weight[i : i + 128]), dtype=torch.bfloat16) for i in (0, 128, 256))
+    stacked = Int4.stack_rows(parts, 320)
     x = torch.randn(5, 96).to(torch.bfloat16)
     assert torch.equal(stacked(x), whole(x)) and stacked.out_features == 320
 

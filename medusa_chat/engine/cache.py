@@ -7,12 +7,18 @@ are inference tensors and are edited in place.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from transformers import DynamicCache
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
 
 
 def new_cache() -> DynamicCache:
     """An empty cache with plain (full-attention) layers."""
+    from transformers import DynamicCache
+
     return DynamicCache()
 
 

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from .lean import Layer, LeanLlama, LlamaSpec
-from .quant import GROUP, Int4, Linear
+from .quant import GROUP, Dense, Int4, Linear, Q8Rows, Rows
 
 Q4_0, Q4_1, Q8_0 = "Q4_0", "Q4_1", "Q8_0"
-BLOCK_ROWS = 4096  # rows of a large matrix (the embedding) converted at a time: bounds the peak memory
+BLOCK_ROWS = 1024  # rows of a large matrix (the embedding) converted at a time: bounds the peak memory
 
 
 class GGUFError(ValueError):
@@ -196,23 +196,33 @@ class _Reader:
             self.dequantised.add(kind)
         return torch.from_numpy(np.asarray(gguf_dequantize(data, t.kind), dtype=np.float32).copy())
 
-    def dense_in_blocks(self, name: str, dtype: torch.dtype, int4_blocks: bool = False) -> tuple[torch.Tensor, list]:
-        """A large matrix in ``dtype`` and, if asked, as int4 layers of :data:`BLOCK_ROWS` rows each (for
-        :meth:`Int4.stack_rows`), dequantised a block at a time so no whole fp32 copy ever exists."""
+    def table(self, name: str, dtype: torch.dtype) -> Rows:
+        """An embedding table: Q8_0 kept as it is (rows dequantised on lookup), any other type dense in ``dtype``;
+        read :data:`BLOCK_ROWS` rows at a time."""
+        t = self._tensor(name)
+        n, k = t.rows, t.dims[0]
+        q8 = t.kind.name == Q8_0
+        if q8:
+            q, d = torch.empty(n, k, dtype=torch.int8), torch.empty(n, k // GROUP, dtype=torch.float16)
+        else:
+            dense = torch.empty(n, k, dtype=dtype)
+        for start in range(0, n, BLOCK_ROWS):
+            rows = slice(start, start + BLOCK_ROWS)
+            if q8:
+                blocks = self._data(name, rows).reshape(-1, k // GROUP, 34)
+                d[rows] = torch.from_numpy(np.ascontiguousarray(blocks[..., :2]).view(np.float16)).squeeze(-1)
+                q[rows] = torch.from_numpy(np.ascontiguousarray(blocks[..., 2:]).view(np.int8)).reshape(-1, k)
+            else:
+                dense[rows] = self.dense(name, rows)
+        return Q8Rows(q, d, dtype) if q8 else Dense(dense)
+
+    def int4_in_blocks(self, name: str) -> Int4:
+        """A large matrix as int4, quantised :data:`BLOCK_ROWS` rows at a time (no whole fp32 copy ever exists)."""
         from .quant import quantize_int4
 
         n = self.rows(name)
-        out: torch.Tensor | None = None
-        blocks = []
-        for start in range(0, n, BLOCK_ROWS):
-            block = self.dense(name, slice(start, start + BLOCK_ROWS))  # fp32
-            if out is None:
-                out = torch.empty(n, block.shape[1], dtype=dtype)
-            out[start : start + len(block)] = block
-            if int4_blocks:
-                blocks.append(Int4(*quantize_int4(block), dtype=dtype))
-        assert out is not None
-        return out, blocks
+        blocks = (self.dense(name, slice(start, start + BLOCK_ROWS)) for start in range(0, n, BLOCK_ROWS))
+        return Int4.stack_rows((Int4(*quantize_int4(block), dtype=self.dtype) for block in blocks), n)
 
     def int4_parts(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(q, scale, zero) for the int4 kernel: exact for Q4_0/Q4_1, requantised from dense otherwise."""
@@ -264,9 +274,9 @@ def _build(reader: _Reader, spec: LlamaSpec, dtype: torch.dtype, config) -> Lean
                 w2=int4(b + "ffn_down.weight"),
             )
         )
+    embed = reader.table("token_embd.weight", dtype)
     tied = "output.weight" not in reader.tensors
-    embed, head_blocks = reader.dense_in_blocks("token_embd.weight", dtype, int4_blocks=tied)
-    head = Int4.stack_rows(head_blocks) if tied else int4("output.weight")
+    head = reader.int4_in_blocks("token_embd.weight") if tied else int4("output.weight")
     if reader.dequantised:
         reader.note(f"{reader.path.name}: {', '.join(sorted(reader.dequantised))} weights dequantised and requantised "
                     "to int4 (only Q4_0/Q4_1 map exactly)")

@@ -202,12 +202,16 @@ def normalise_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def heads_from_state(
-    state: Mapping[str, torch.Tensor], hidden_size: int | None = None, vocab_size: int | None = None
+    state: Mapping[str, torch.Tensor],
+    hidden_size: int | None = None,
+    vocab_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> MedusaHeads:
-    """Build :class:`MedusaHeads` from a FasterDecoding-layout state dict, checking shapes.
+    """Build :class:`MedusaHeads` in ``dtype`` from a FasterDecoding-layout state dict, checking shapes.
 
     K and L are inferred from the keys. ``hidden_size``/``vocab_size`` are the base model's;
-    a mismatch raises :class:`HeadsError` naming the tensor.
+    a mismatch raises :class:`HeadsError` naming the tensor. The heads take the state's tensors
+    (converted where ``dtype`` differs): no second copy of the weights is ever made.
     """
     blocks: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
     projections: dict[int, tuple[int, torch.Tensor]] = {}
@@ -248,14 +252,15 @@ def heads_from_state(
             raise HeadsError("a draft vocabulary needs heads that share the base lm_head, but these have their own")
         if draft.dim() != 1 or draft.dtype.is_floating_point or (vocab_size and int(draft.max()) >= vocab_size):
             raise HeadsError("the heads' draft_vocab is not a list of token ids of the base model's vocabulary")
-    heads = MedusaHeads(h, v, num_heads, num_layers, shared_projection=not projections,
-                        root_conditioned="root_weight" in extras, draft_vocab=draft)
+    with torch.device("meta"):  # shapes only: the state's tensors become the parameters
+        heads = MedusaHeads(h, v, num_heads, num_layers, shared_projection=not projections,
+                            root_conditioned="root_weight" in extras, draft_vocab=draft)
     expected = heads.state_dict()
     for key, tensor in state.items():
         if tensor.shape != expected[key].shape:
             want = tuple(expected[key].shape)
             raise HeadsError(f"Medusa heads tensor {key} has shape {tuple(tensor.shape)}, expected {want}")
-    heads.load_state_dict({k: v if k == "draft_vocab" else v.float() for k, v in state.items()})
+    heads.load_state_dict({k: v if k == "draft_vocab" else v.to(dtype) for k, v in state.items()}, assign=True)
     return heads
 
 
@@ -264,13 +269,14 @@ def load_heads(
     hidden_size: int | None = None,
     vocab_size: int | None = None,
     lm_head: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> MedusaHeads:
-    """Read heads in any supported layout and check them against the base model's sizes.
+    """Read heads in any supported layout, in ``dtype``, and check them against the base model's sizes.
 
     ``lm_head`` is the base model's output projection weight [V, H]: a lone projection among several
     heads that equals it (vLLM's ``original_lm_head``) is dropped and the heads share the base one.
     """
-    return heads_from_state(heads_state(path, lm_head, vocab_size), hidden_size, vocab_size)
+    return heads_from_state(heads_state(path, lm_head, vocab_size), hidden_size, vocab_size, dtype)
 
 
 def heads_state(

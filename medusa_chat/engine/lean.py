@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .quant import Linear
+from .quant import Dense, Linear, Rows
 
 CACHE_CHUNK = 256  # cache positions added at a time
 SUPPORTED = ("llama", "mistral")
@@ -131,7 +131,7 @@ class LeanLlama:
     def __init__(
         self,
         spec: LlamaSpec,
-        embed: torch.Tensor,
+        embed: Rows,
         layers: list[Layer],
         norm: torch.Tensor,
         lm_head: Linear,
@@ -140,12 +140,12 @@ class LeanLlama:
     ) -> None:
         self.spec = spec
         self.config = config
-        self.embed_weight = embed  # [V, H]
+        self.embed_table = embed  # [V, H] rows
         self.layers = layers
         self.norm = norm
         self.lm_head = lm_head
         self.dtype = dtype
-        self.device = embed.device
+        self.device = norm.device
         exponents = torch.arange(0, spec.head_dim, 2, dtype=torch.int64).float() / spec.head_dim
         inv_freq = 1.0 / (spec.rope_theta**exponents)
         self._inv_freq = inv_freq.to(self.device)
@@ -192,7 +192,7 @@ class LeanLlama:
     # -- forward ---------------------------------------------------------------------------
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.embed_weight)
+        return self.embed_table.rows(ids)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Run ``ids`` [B, q] at ``positions`` [B, q] over the cache; they are appended to it.
@@ -351,4 +351,4 @@ def from_state_dict(config, state: dict[str, torch.Tensor], dtype: torch.dtype, 
     embed = w("model.embed_tokens.weight")
     head = state.get("lm_head.weight", embed)
     norm = w("model.norm.weight").to(dtype)
-    return LeanLlama(spec, embed.to(dtype), layers, norm, make_linear(head, dtype, quant), dtype, config)
+    return LeanLlama(spec, Dense(embed.to(dtype)), layers, norm, make_linear(head, dtype, quant), dtype, config)

@@ -8,6 +8,7 @@ the same way (min/max per group).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 GROUP = 32
 INNER_K_TILES = 2
-ROWS_AT_A_TIME = 4096  # rows dequantised at once by Int4.rows (a multiple of 64)
+ROWS_AT_A_TIME = 1024  # rows dequantised at once by Int4.rows (a multiple of 64)
 
 
 class Linear(Protocol):
@@ -24,6 +25,12 @@ class Linear(Protocol):
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor: ...  # dense weight rows [n, K]
+
+
+class Rows(Protocol):
+    """A table looked up by row (an embedding): :class:`Dense` or :class:`Q8Rows`."""
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor: ...
 
 
 class Dense:
@@ -54,14 +61,24 @@ class Int4:
         self.in_features = k
 
     @classmethod
-    def stack_rows(cls, parts: list[Int4]) -> Int4:
-        """One layer whose output rows are those of ``parts`` in order (each a multiple of 64 rows but the last):
-        a large matrix quantised a block of rows at a time, so its dense copy never exists whole."""
+    def stack_rows(cls, parts: Iterable[Int4], out_features: int) -> Int4:
+        """One layer of ``out_features`` rows, those of ``parts`` in order (each a multiple of 64 rows but the last):
+        a large matrix quantised a block of rows at a time, so neither its dense copy nor a second packed copy
+        ever exists whole (pass a generator: one part is alive at a time)."""
         layer = cls.__new__(cls)
-        layer.packed = torch.cat([p.packed for p in parts])
-        layer.scales_zeros = torch.cat([p.scales_zeros for p in parts], dim=1)
-        layer.out_features = sum(p.out_features for p in parts)
-        layer.in_features = parts[0].in_features
+        layer.out_features = out_features
+        start = 0
+        for part in parts:
+            if start == 0:
+                layer.packed = part.packed.new_empty((out_features, *part.packed.shape[1:]))
+                layer.scales_zeros = part.scales_zeros.new_empty((part.scales_zeros.shape[0], out_features, 2))
+                layer.in_features = part.in_features
+            stop = start + part.out_features
+            layer.packed[start:stop] = part.packed
+            layer.scales_zeros[:, start:stop] = part.scales_zeros
+            start = stop
+        if start != out_features:
+            raise ValueError(f"the parts hold {start} rows, not {out_features}")
         return layer
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,6 +110,18 @@ class Int4:
         """The dense weight [N, K] the kernel computes with (for tests and fallbacks)."""
         eye = torch.eye(self.in_features, dtype=self.scales_zeros.dtype)
         return self(eye).t().contiguous()
+
+
+class Q8Rows:
+    """A table kept as GGUF Q8_0 blocks (int8 weights ``q`` [N, K], an fp16 scale ``d`` [N, K/G] per :data:`GROUP`),
+    rows dequantised on lookup: half the memory of bf16, the same values (``d * q`` in fp32, then ``dtype``)."""
+
+    def __init__(self, q: torch.Tensor, d: torch.Tensor, dtype: torch.dtype) -> None:
+        self.q, self.d, self.dtype = q, d, dtype
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        q = self.q[ids].float().unflatten(-1, (-1, GROUP))  # [..., K/G, G]
+        return (self.d[ids].float()[..., None] * q).flatten(-2).to(self.dtype)
 
 
 class Int8:
