@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import product
+
 import pytest
 import torch
 
@@ -58,9 +60,9 @@ def test_tree_rows_equal_one_token_steps_bit_for_bit(dtype):
 
     model = tiny_model("llama", dtype=torch.float32, num_attention_heads=4, num_key_value_heads=2)
     lean = _lean(model, dtype, quant="int4")
-    tree = build_tree(PRESETS["cpu_16"], topk=10)
     torch.manual_seed(3)
-    for length in (5, 17, 31, 64, 93):
+    chain = [[0], [0, 0], [0, 0, 0]]  # rows see a prefix of the cache: attended over slices, not gathers
+    for length, tree in product((5, 17, 31, 64, 93), (build_tree(PRESETS["cpu_16"], topk=10), build_tree(chain))):
         ids = torch.randint(5, 300, (1, length))
         tree_ids = torch.randint(5, 300, (1, tree.size))
         with torch.inference_mode():

@@ -227,7 +227,7 @@ class LeanLlama:
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask: torch.Tensor | None,
-        groups: list[tuple[torch.Tensor, torch.Tensor | None]] | None,
+        groups: list[tuple[torch.Tensor, int | torch.Tensor]] | None,
         start: int,
         end: int,
     ) -> torch.Tensor:
@@ -257,7 +257,7 @@ class LeanLlama:
         keys: torch.Tensor,
         values: torch.Tensor,
         mask: torch.Tensor | None,
-        groups: list[tuple[torch.Tensor, torch.Tensor | None]] | None,
+        groups: list[tuple[torch.Tensor, int | torch.Tensor]] | None,
     ) -> torch.Tensor:
         """Attention of ``xq`` [B, q, heads, D] over ``keys``/``values`` [B, kv, L + q, D] -> [B, q, heads, D], fp32.
 
@@ -273,13 +273,18 @@ class LeanLlama:
                 xq.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=s.num_kv_heads != s.num_heads
             )
             return out.transpose(1, 2)
-        if groups[0][1] is None:  # a one-token step: its row sees every key, in order
-            return _attention(xq.view(1, s.num_kv_heads, -1, s.head_dim), keys, values).view(xq.shape)
-        out = torch.empty_like(xq)
-        for rows, index in groups:
-            k = keys[0][:, index].transpose(0, 1).contiguous()  # [n, kv, count, D] (strides matter to the kernel)
-            v = values[0][:, index].transpose(0, 1).contiguous()
-            out[0, rows] = _attention(xq[0, rows].view(len(rows), s.num_kv_heads, -1, s.head_dim), k, v).flatten(1, 2)
+        out = torch.empty_like(xq) if len(groups) > 1 else None
+        for rows, seen in groups:
+            q = (xq[0] if out is None else xq[0, rows]).view(len(rows), s.num_kv_heads, -1, s.head_dim)
+            if isinstance(seen, int):  # a lone row that sees the first `seen` keys: a slice, as a one-token step
+                k, v = keys[:, :, :seen], values[:, :, :seen]
+            else:  # gathered [n, kv, count, D], contiguous (the kernel's result depends on the strides)
+                k = keys[0][:, seen].transpose(0, 1).contiguous()
+                v = values[0][:, seen].transpose(0, 1).contiguous()
+            part = _attention(q, k, v).flatten(1, 2)  # [n, heads, D]
+            if out is None:
+                return part.view(xq.shape)
+            out[0, rows] = part
         return out
 
 
@@ -290,18 +295,25 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     return torch.matmul(scores.softmax(-1), v)
 
 
-def _row_groups(mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Rows of a [q, L + q] bool mask grouped by how many keys they see: (rows [n], key indices [n, count]).
+def _row_groups(mask: torch.Tensor) -> list[tuple[torch.Tensor, int | torch.Tensor]]:
+    """Rows of a [q, L + q] bool mask grouped by how many keys they see: (rows [n], keys).
 
-    Key indices are each row's visible keys in ascending order; ``None`` for a lone row that sees them all.
+    ``keys`` is an int ``count`` for a lone row that sees exactly the first ``count`` keys in order (a
+    one-token step, or a row of a chain-shaped tree: attended over a slice of the cache, no copy);
+    otherwise each row's visible key indices in ascending order [n, count].
     """
     counts = mask.sum(-1)  # [q]
     if len(counts) == 1 and int(counts[0]) == mask.shape[-1]:
-        return [(torch.zeros(1, dtype=torch.long, device=mask.device), None)]
-    order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)  # visible keys first, ascending
-    groups = []
+        return [(torch.zeros(1, dtype=torch.long, device=mask.device), mask.shape[-1])]
+    order = None
+    groups: list[tuple[torch.Tensor, int | torch.Tensor]] = []
     for count in counts.unique().tolist():
         rows = torch.nonzero(counts == count).flatten()
+        if len(rows) == 1 and bool(mask[rows[0], :count].all()):
+            groups.append((rows, count))
+            continue
+        if order is None:
+            order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)  # visible keys first, ascending
         groups.append((rows, order[rows, :count]))
     return groups
 
