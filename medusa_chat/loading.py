@@ -173,7 +173,6 @@ def load_model(
         raise
     loaded.notes[:0] = notes
     loaded.load_time = time.perf_counter() - started
-    free_memory()
     return loaded
 
 
@@ -611,8 +610,7 @@ def _load_decoder(
         from .engine.gguf_weights import GGUFError, load_gguf
         from .model_files import LightTokenizer, read_config
 
-        tokenizer = LightTokenizer(path)  # first, then its parser's garbage goes back: ~14 MB off the peak
-        trim_heap()
+        tokenizer = LightTokenizer(path)  # first: its parsing peak stacks on less
         try:
             decoder = load_gguf(gguf_path(), read_config(path), dtype, note=report)
         except GGUFError as exc:

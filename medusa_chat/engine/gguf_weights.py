@@ -50,12 +50,18 @@ def unpack_q4_1(raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return _nibbles(blocks[..., 4:]), _f16(blocks[..., :2]).squeeze(-1), _f16(blocks[..., 2:4]).squeeze(-1)
 
 
+def q8_0_parts(raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q8_0 rows [N, blocks * 34] -> (q [N, K] int8, d [N, blocks] fp16) with w = d * q."""
+    blocks = raw.reshape(raw.shape[0], -1, 34)
+    d = torch.from_numpy(np.ascontiguousarray(blocks[..., :2]).view(np.float16)).squeeze(-1)
+    q = torch.from_numpy(np.ascontiguousarray(blocks[..., 2:]).view(np.int8)).reshape(raw.shape[0], -1)
+    return q, d
+
+
 def unpack_q8_0(raw: np.ndarray) -> torch.Tensor:
     """Q8_0 rows [N, blocks * 34] -> dense fp32 [N, K] (w = d * q)."""
-    blocks = raw.reshape(raw.shape[0], -1, 34)
-    d = _f16(blocks[..., :2])  # [N, blocks, 1]
-    q = torch.from_numpy(np.ascontiguousarray(blocks[..., 2:]).view(np.int8).astype(np.float32))
-    return (d * q).reshape(raw.shape[0], -1)
+    q, d = q8_0_parts(raw)
+    return (d.float()[..., None] * q.float().unflatten(-1, (-1, GROUP))).flatten(-2)
 
 
 def dequantize(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -209,9 +215,7 @@ class _Reader:
         for start in range(0, n, BLOCK_ROWS):
             rows = slice(start, start + BLOCK_ROWS)
             if q8:
-                blocks = self._data(name, rows).reshape(-1, k // GROUP, 34)
-                d[rows] = torch.from_numpy(np.ascontiguousarray(blocks[..., :2]).view(np.float16)).squeeze(-1)
-                q[rows] = torch.from_numpy(np.ascontiguousarray(blocks[..., 2:]).view(np.int8)).reshape(-1, k)
+                q[rows], d[rows] = q8_0_parts(self._data(name, rows))
             else:
                 dense[rows] = self.dense(name, rows)
         return Q8Rows(q, d, dtype) if q8 else Dense(dense)

@@ -65,20 +65,27 @@ class Int4:
         """One layer of ``out_features`` rows, those of ``parts`` in order (each a multiple of 64 rows but the last):
         a large matrix quantised a block of rows at a time, so neither its dense copy nor a second packed copy
         ever exists whole (pass a generator: one part is alive at a time)."""
-        layer = cls.__new__(cls)
-        layer.out_features = out_features
+        layer: Int4 | None = None
         start = 0
         for part in parts:
-            if start == 0:
-                layer.packed = part.packed.new_empty((out_features, *part.packed.shape[1:]))
-                layer.scales_zeros = part.scales_zeros.new_empty((part.scales_zeros.shape[0], out_features, 2))
-                layer.in_features = part.in_features
+            if layer is None:
+                layer = cls._packed(part.packed.new_empty((out_features, *part.packed.shape[1:])),
+                                    part.scales_zeros.new_empty((part.scales_zeros.shape[0], out_features, 2)),
+                                    part.in_features)
             stop = start + part.out_features
             layer.packed[start:stop] = part.packed
             layer.scales_zeros[:, start:stop] = part.scales_zeros
             start = stop
-        if start != out_features:
+        if layer is None or start != out_features:
             raise ValueError(f"the parts hold {start} rows, not {out_features}")
+        return layer
+
+    @classmethod
+    def _packed(cls, packed: torch.Tensor, scales_zeros: torch.Tensor, in_features: int) -> Int4:
+        """A layer over already packed weights [N, K/2] and their scales and zeros [K/G, N, 2]."""
+        layer = cls.__new__(cls)
+        layer.packed, layer.scales_zeros = packed, scales_zeros
+        layer.out_features, layer.in_features = packed.shape[0], in_features
         return layer
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,12 +106,7 @@ class Int4:
 
     def _row_block(self, start: int, stop: int) -> Int4:
         """Rows ``start:stop`` as a layer of their own (``start`` a multiple of 64: the packing's row tiles)."""
-        layer = Int4.__new__(Int4)
-        layer.packed = self.packed[start:stop]
-        layer.scales_zeros = self.scales_zeros[:, start:stop].contiguous()
-        layer.out_features = layer.packed.shape[0]
-        layer.in_features = self.in_features
-        return layer
+        return Int4._packed(self.packed[start:stop], self.scales_zeros[:, start:stop].contiguous(), self.in_features)
 
     def dequantize(self) -> torch.Tensor:
         """The dense weight [N, K] the kernel computes with (for tests and fallbacks)."""
