@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from medusa_chat.engine.generator import GenerationConfig, Generator
 from medusa_chat.engine.heads_io import load_heads, save_heads
 from medusa_chat.engine.lean import from_state_dict
+from medusa_chat.engine.quant import Dense
 from medusa_chat.export import ExportError, export_heads
 from tests.test_tree import trees
 from tests.tiny import random_heads, tiny_model, tiny_tokenizer
@@ -89,7 +90,7 @@ def test_save_load_round_trip_keeps_kind_and_draft_vocabulary(models, tmp_path):
 def test_tokens_outside_the_draft_vocabulary_are_never_proposed(models):
     model, _, draft = models["llama"]
     heads = random_heads(model, draft_vocab=draft).double()
-    heads.use_base_projection(model.get_output_embeddings().weight.detach()[draft])
+    heads.use_base_projection(Dense(model.get_output_embeddings().weight.detach()[draft]))
     allowed = set(draft.tolist())
     for _ in range(20):
         proposals = heads.propose(torch.randn(model.config.hidden_size, dtype=torch.float64), None, 4, 10)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .cache import cache_length, keep_path, new_cache, truncate
+from .quant import Dense, Linear
 
 
 class Decoder(Protocol):
@@ -43,6 +44,8 @@ class Decoder(Protocol):
 
     def output_rows(self, ids: torch.Tensor) -> torch.Tensor: ...  # dense lm_head rows [n, H] (draft vocabulary)
 
+    def linear(self, weight: torch.Tensor) -> Linear: ...  # ``weight`` [N, K] in the decoder's weight format
+
     def keep_path(self, start: int, slots: torch.Tensor) -> None: ...
 
     def truncate(self, length: int) -> None: ...
@@ -51,10 +54,12 @@ class Decoder(Protocol):
 
 
 def attach_heads(heads, decoder: Decoder):
-    """``heads`` in the decoder's device and dtype, with their draft projection (rows of its lm_head), ready to run."""
+    """``heads`` in the decoder's device and dtype, their matrices in its weight format (int4 on a 4-bit lean
+    decoder) and their draft projection (rows of its lm_head), ready to run."""
     heads = heads.to(device=decoder.device, dtype=decoder.dtype).eval()
+    heads.use_linear(decoder.linear)
     if heads.draft_vocab is not None:
-        heads.use_base_projection(decoder.output_rows(heads.draft_vocab).to(decoder.dtype))
+        heads.use_base_projection(decoder.linear(decoder.output_rows(heads.draft_vocab)))
     return heads
 
 
@@ -110,6 +115,9 @@ class TransformersDecoder:
 
     def output_rows(self, ids: torch.Tensor) -> torch.Tensor:
         return self._head.weight.detach()[ids.to(self._head.weight.device)]
+
+    def linear(self, weight: torch.Tensor) -> Linear:
+        return Dense(weight.detach().to(self.device, self.dtype))
 
     def keep_path(self, start: int, slots: torch.Tensor) -> None:
         keep_path(self.cache, start, slots)

@@ -285,4 +285,4 @@ def _build(reader: _Reader, spec: LlamaSpec, dtype: torch.dtype, config) -> Lean
         reader.note(f"{reader.path.name}: {', '.join(sorted(reader.dequantised))} weights dequantised and requantised "
                     "to int4 (only Q4_0/Q4_1 map exactly)")
     norm = reader.dense("output_norm.weight").to(dtype)
-    return LeanLlama(spec, embed, layers, norm, head, dtype, config)
+    return LeanLlama(spec, embed, layers, norm, head, dtype, config, quant="int4")

@@ -19,8 +19,12 @@ Two additions, both optional and stored with the heads:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
+
+from .quant import Linear
 
 
 class ResBlock(nn.Module):
@@ -30,9 +34,11 @@ class ResBlock(nn.Module):
         super().__init__()
         self.linear = nn.Linear(hidden_size, hidden_size)
         nn.init.zeros_(self.linear.weight)
+        self.fast: Linear | None = None  # W in the decoder's weight format, see MedusaHeads.use_linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + nn.functional.silu(self.linear(x))
+        y = self.linear(x) if self.fast is None else self.fast(x) + self.linear.bias
+        return x + nn.functional.silu(y)
 
 
 class MedusaHeads(nn.ModuleList):
@@ -66,7 +72,8 @@ class MedusaHeads(nn.ModuleList):
         if draft_vocab is not None and not shared_projection:
             raise ValueError("a draft vocabulary needs heads that share the base lm_head")
         self.register_buffer("draft_vocab", None if draft_vocab is None else draft_vocab.long())
-        self.draft_projection: torch.Tensor | None = None  # rows of the base lm_head, see use_base_projection
+        self.draft_projection: Linear | None = None  # rows of the base lm_head, see use_base_projection
+        self._root_fast: Linear | None = None  # root_weight in the decoder's weight format, see use_linear
 
     @property
     def num_heads(self) -> int:
@@ -90,7 +97,11 @@ class MedusaHeads(nn.ModuleList):
             return x
         if root is None:
             raise ValueError("root-conditioned heads need the embedding of the root token")
-        mixed = nn.functional.linear(torch.cat([x, root.to(x.dtype)], -1), self.root_weight, self.root_bias)
+        both = torch.cat([x, root.to(x.dtype)], -1)
+        if self._root_fast is None:
+            mixed = nn.functional.linear(both, self.root_weight, self.root_bias)
+        else:
+            mixed = self._root_fast(both) + self.root_bias
         return x + nn.functional.silu(mixed)
 
     def forward(
@@ -112,9 +123,18 @@ class MedusaHeads(nn.ModuleList):
         x = self._fuse_root(x, root)
         return torch.stack([head(x) for head in list(self)[:count]])
 
-    def use_base_projection(self, rows: torch.Tensor) -> None:
+    def use_base_projection(self, rows: Linear) -> None:
         """Give draft-vocabulary heads their projection: ``rows`` = the base lm_head's rows of ``draft_vocab``."""
         self.draft_projection = rows
+
+    def use_linear(self, make: Callable[[torch.Tensor], Linear]) -> None:
+        """Run the blocks' matrices through ``make`` from now on (the decoder's format: int4 on a 4-bit decoder,
+        a few times less to read per step). For inference: the parameters stay what is trained and saved."""
+        for head in self:
+            for block in head[: self.num_layers]:
+                block.fast = make(block.linear.weight)
+        if self.root_conditioned:
+            self._root_fast = make(self.root_weight)
 
     def draft_logits(
         self, x: torch.Tensor, lm_head: nn.Module | None, count: int | None = None, root: torch.Tensor | None = None
@@ -124,8 +144,7 @@ class MedusaHeads(nn.ModuleList):
             return self(x, lm_head, count, root)
         if self.draft_projection is None:
             raise ValueError("draft-vocabulary heads need use_base_projection() before use")
-        h = self.hidden(x, count, root)
-        return h.to(self.draft_projection.dtype) @ self.draft_projection.T
+        return self.draft_projection(self.hidden(x, count, root))
 
     def token_ids(self, columns: torch.Tensor) -> torch.Tensor:
         """Token ids of columns of :meth:`draft_logits`."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .quant import Dense, Linear, Rows
+from .quant import Dense, Linear, Rows, make_linear
 
 CACHE_CHUNK = 256  # cache positions added at a time
 SUPPORTED = ("llama", "mistral")
@@ -137,8 +137,10 @@ class LeanLlama:
         lm_head: Linear,
         dtype: torch.dtype,
         config: object = None,
+        quant: str | None = None,
     ) -> None:
         self.spec = spec
+        self.quant = quant  # the linear layers' format: None (dense in ``dtype``), "int4" or "int8"
         self.config = config
         self.embed_table = embed  # [V, H] rows
         self.layers = layers
@@ -169,6 +171,13 @@ class LeanLlama:
     def output_rows(self, ids: torch.Tensor) -> torch.Tensor:
         return self.lm_head.rows(ids)
 
+    def linear(self, weight: torch.Tensor) -> Linear:
+        """``weight`` [N, K] in this decoder's format (dense when the int kernels cannot take its shape)."""
+        try:
+            return make_linear(weight.detach(), self.dtype, self.quant)
+        except ValueError:
+            return Dense(weight.detach().to(self.dtype))
+
     def keep_path(self, start: int, slots: torch.Tensor) -> None:
         self.cache.keep_path(start, slots)
 
@@ -179,13 +188,16 @@ class LeanLlama:
         self.cache.select_rows(rows)
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin [B, q, 1, D] for ``positions`` [B, q] (table grown on demand, as transformers computes it)."""
+        """cos and signed sin [B, q, 1, D] for ``positions`` [B, q] (see :func:`_apply_rope`; the table grows on
+        demand and holds the values transformers computes)."""
         needed = int(positions.max()) + 1
         if needed > self._rope_len:
             length = -(-needed // CACHE_CHUNK) * CACHE_CHUNK
             freqs = torch.arange(length, device=self.device).float()[:, None] * self._inv_freq[None, :]
             emb = torch.cat([freqs, freqs], dim=-1)  # [P, D]
-            self._cos, self._sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+            half = freqs.shape[1]
+            sin = emb.sin().to(self.dtype)
+            self._cos, self._sin = emb.cos().to(self.dtype), torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)
             self._rope_len = length
         return self._cos[positions][:, :, None], self._sin[positions][:, :, None]
 
@@ -227,7 +239,7 @@ class LeanLlama:
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask: torch.Tensor | None,
-        groups: list[tuple[torch.Tensor, int | torch.Tensor]] | None,
+        groups: list[tuple[list[int], int | torch.Tensor]] | None,
         start: int,
         end: int,
     ) -> torch.Tensor:
@@ -257,15 +269,15 @@ class LeanLlama:
         keys: torch.Tensor,
         values: torch.Tensor,
         mask: torch.Tensor | None,
-        groups: list[tuple[torch.Tensor, int | torch.Tensor]] | None,
+        groups: list[tuple[list[int], int | torch.Tensor]] | None,
     ) -> torch.Tensor:
         """Attention of ``xq`` [B, q, heads, D] over ``keys``/``values`` [B, kv, L + q, D] -> [B, q, heads, D], fp32.
 
         One-token steps and tree rows (``groups``) are computed so that a row's result depends only
-        on the keys it sees, in their order: rows that see the same number of keys are attended
-        together over exactly those keys, with no padding (a padded softmax rounds differently).
-        A tree row then equals, bit for bit, the one-token step that would have computed it, so
-        greedy Medusa equals plain decoding. Prefill and batched decoding use the fused kernel.
+        on the keys it sees, in their order: each row is attended alone over exactly those keys, with
+        no padding (a padded softmax rounds differently, and the fused kernel's rounding depends on the
+        batch size). A tree row then equals, bit for bit, the one-token step that would have computed
+        it, so greedy Medusa equals plain decoding. Prefill and batched decoding attend all rows at once.
         """
         s = self.spec
         if groups is None:
@@ -273,30 +285,32 @@ class LeanLlama:
                 xq.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=s.num_kv_heads != s.num_heads
             )
             return out.transpose(1, 2)
-        out = torch.empty_like(xq) if len(groups) > 1 else None
+        if len(groups) == 1 and isinstance(groups[0][1], int):  # a one-token step
+            return _attention(xq[0], keys[:, :, : groups[0][1]], values[:, :, : groups[0][1]]).view(xq.shape)
+        out = torch.empty_like(xq)
         for rows, seen in groups:
-            q = (xq[0] if out is None else xq[0, rows]).view(len(rows), s.num_kv_heads, -1, s.head_dim)
             if isinstance(seen, int):  # a lone row that sees the first `seen` keys: a slice, as a one-token step
-                k, v = keys[:, :, :seen], values[:, :, :seen]
-            else:  # gathered [n, kv, count, D], contiguous (the kernel's result depends on the strides)
-                k = keys[0][:, seen].transpose(0, 1).contiguous()
-                v = values[0][:, seen].transpose(0, 1).contiguous()
-            part = _attention(q, k, v).flatten(1, 2)  # [n, heads, D]
-            if out is None:
-                return part.view(xq.shape)
-            out[0, rows] = part
+                out[0, rows[0]] = _attention(xq[0, rows[0]], keys[:, :, :seen], values[:, :, :seen])
+                continue
+            k = keys[0][:, seen].transpose(0, 1).contiguous()  # [n, kv, count, D]: each row's keys, in order
+            v = values[0][:, seen].transpose(0, 1).contiguous()
+            for j, row in enumerate(rows):
+                out[0, row] = _attention(xq[0, row], k[j : j + 1], v[j : j + 1])
         return out
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention of ``q`` [n, kv, G, D] (the G query heads that share each kv head) over ``k``/``v``
-    [n, kv, count, D] -> [n, kv, G, D]: grouped-query attention without repeating keys and values."""
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
-    return torch.matmul(scores.softmax(-1), v)
+    """One row's attention: ``q`` [heads, D] over ``k``/``v`` [1, kv, count, D] -> [heads, D].
+
+    The query heads that share a kv head are its "positions" (grouped-query attention without repeating
+    keys and values): one fused kernel call, no mask.
+    """
+    kv, d = k.shape[1], k.shape[-1]
+    return F.scaled_dot_product_attention(q.view(1, kv, -1, d), k, v).view(-1, d)
 
 
-def _row_groups(mask: torch.Tensor) -> list[tuple[torch.Tensor, int | torch.Tensor]]:
-    """Rows of a [q, L + q] bool mask grouped by how many keys they see: (rows [n], keys).
+def _row_groups(mask: torch.Tensor) -> list[tuple[list[int], int | torch.Tensor]]:
+    """Rows of a [q, L + q] bool mask grouped by how many keys they see: (rows, keys).
 
     ``keys`` is an int ``count`` for a lone row that sees exactly the first ``count`` keys in order (a
     one-token step, or a row of a chain-shaped tree: attended over a slice of the cache, no copy);
@@ -304,17 +318,17 @@ def _row_groups(mask: torch.Tensor) -> list[tuple[torch.Tensor, int | torch.Tens
     """
     counts = mask.sum(-1)  # [q]
     if len(counts) == 1 and int(counts[0]) == mask.shape[-1]:
-        return [(torch.zeros(1, dtype=torch.long, device=mask.device), mask.shape[-1])]
+        return [([0], mask.shape[-1])]
     order = None
-    groups: list[tuple[torch.Tensor, int | torch.Tensor]] = []
+    groups: list[tuple[list[int], int | torch.Tensor]] = []
     for count in counts.unique().tolist():
         rows = torch.nonzero(counts == count).flatten()
         if len(rows) == 1 and bool(mask[rows[0], :count].all()):
-            groups.append((rows, count))
+            groups.append((rows.tolist(), count))
             continue
         if order is None:
             order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)  # visible keys first, ascending
-        groups.append((rows, order[rows, :count]))
+        groups.append((rows.tolist(), order[rows, :count]))
     return groups
 
 
@@ -325,10 +339,10 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return weight * x32.to(x.dtype)
 
 
-def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """transformers' ``x * cos + rotate_half(x) * sin`` in fewer ops, with the same values: ``rotate_half(x)``
+    is ``[-x2, x1]``, so the halves are swapped by a roll and the sign lives in ``signed_sin`` = ``[-sin, sin]``."""
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
 
 
 def from_state_dict(config, state: dict[str, torch.Tensor], dtype: torch.dtype, quant: str | None = None) -> LeanLlama:
@@ -337,8 +351,6 @@ def from_state_dict(config, state: dict[str, torch.Tensor], dtype: torch.dtype, 
     ``quant``: ``None`` keeps the weights dense in ``dtype``; ``"int4"`` quantises every linear layer
     (groups of 32; activations stay in ``dtype``).
     """
-    from .quant import make_linear
-
     spec = LlamaSpec.from_config(config)
 
     def w(name: str) -> torch.Tensor:
@@ -363,4 +375,6 @@ def from_state_dict(config, state: dict[str, torch.Tensor], dtype: torch.dtype, 
     embed = w("model.embed_tokens.weight")
     head = state.get("lm_head.weight", embed)
     norm = w("model.norm.weight").to(dtype)
-    return LeanLlama(spec, Dense(embed.to(dtype)), layers, norm, make_linear(head, dtype, quant), dtype, config)
+    return LeanLlama(
+        spec, Dense(embed.to(dtype)), layers, norm, make_linear(head, dtype, quant), dtype, config, quant
+    )
