@@ -90,9 +90,8 @@ class Int4:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x.reshape(-1, shape[-1]), self.packed, GROUP, self.scales_zeros.to(x.dtype)
-        )
+        scales_zeros = self.scales_zeros if x.dtype == self.scales_zeros.dtype else self.scales_zeros.to(x.dtype)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, shape[-1]), self.packed, GROUP, scales_zeros)
         return out.view(*shape[:-1], self.out_features)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
