@@ -519,6 +519,8 @@ def _assemble(
 
     from .engine.generator import Generator
     from .engine.heads_io import heads_choice_note, load_heads
+    from .engine.lookup import step_cost
+    from .tuning import smooth_costs
 
     # One stage for the console: the weights, the decoder built from them, the heads.
     step = stage(report, f"loading {spec.label} ({_setting(dtype_name, quant)}) on {device}", 3)
@@ -552,6 +554,10 @@ def _assemble(
                        if result.choices else "plain decoding: no tree is measured faster on this machine")
                 chosen = resolve_tree(tree, **where, automatic=automatic)  # a tuned fallback's note names it
                 generator.set_tree(chosen.choices, name=chosen.name)
+                if chosen.choices == result.choices:  # its measured costs size the prompt-lookup drafts
+                    costs = smooth_costs(result.costs)
+                    tokens = result.predicted_speedup * step_cost(costs, len(result.choices) + 1)
+                    generator.use_step_costs(costs, tokens)
         if chosen.note:
             report(chosen.note)
             notes.append(chosen.note)

@@ -47,5 +47,8 @@ def test_first_load_calibrates_and_later_loads_reuse_it(tmp_path, monkeypatch):
     again: list[str] = []
     second = load_model(str(path), dtype="fp32", progress=again.append)
     assert second.tree_name == first.tree_name and not any("calibrating" in p for p in again)
+    assert second.generator.step_costs == first.generator.step_costs  # they size prompt-lookup drafts
+    assert set(first.generator.step_costs) >= {2, 3, 4} and first.generator.tree_tokens >= 1.0
     named = load_model(str(path), dtype="fp32", tree="cpu_4")
     assert named.tree_name == "cpu_4"  # a named tree is used as asked, never replaced
+    assert named.generator.step_costs == {}  # not measured for it: drafts keep the asked length

@@ -7,7 +7,7 @@ import torch
 
 from medusa_chat.engine.acceptance import sample_walk
 from medusa_chat.engine.generator import GenerationConfig, Generator
-from medusa_chat.engine.lookup import lookup_draft
+from medusa_chat.engine.lookup import draft_length, lookup_draft, step_cost
 from medusa_chat.engine.tree import build_tree, with_chain
 from tests.tiny import fit_heads, greedy_sequence, random_heads, tiny_model, tiny_tokenizer
 
@@ -47,6 +47,43 @@ def test_lookup_drafts_stay_lossless(model):
         events = list(gen.stream(copy_prompt, GenerationConfig(max_new_tokens=30, prompt_lookup=10)))
         assert events[-1].token_ids == plain.token_ids
         assert max(e.tree_size for e in events[:-1]) > gen.tree.size  # lookup chains were verified
+
+
+COSTS = {2: 1.2, 3: 1.45, 4: 1.7, 8: 2.9, 16: 7.0}  # step cost by slots, relative to a plain step
+
+
+def test_step_cost_interpolates_measured_sizes():
+    assert step_cost(COSTS, 1) == 1.0
+    assert step_cost(COSTS, 3) == 1.45
+    assert step_cost(COSTS, 6) == pytest.approx(2.3)  # between 4 and 8
+    assert step_cost(COSTS, 20) == pytest.approx(7.0 + 4 * (7.0 - 2.9) / 8)  # past the largest, along the last two
+    assert step_cost({}, 5) == 5.0
+
+
+def test_lookup_drafts_get_longer_as_they_pay():
+    lengths = [draft_length(10, 1, 1.0, p, COSTS) for p in (0.1, 0.5, 0.7, 0.9)]
+    assert lengths == sorted(lengths) and lengths[0] == 0 and lengths[-1] > 2
+    steep = {2: 1.6, 16: 16.0}  # a draft never pays when one more row costs more than it can bring
+    assert draft_length(10, 1, 1.0, 0.55, steep) == 0
+    assert draft_length(0, 1, 1.0, 0.99, COSTS) == 0
+
+
+def test_measured_costs_cut_lookup_drafts_and_output_stays_the_same(model):
+    prompt = TOK("The quick brown fox")["input_ids"]
+    copy_prompt = prompt + greedy_sequence(model, prompt, 30)[len(prompt) :] + prompt
+    config = GenerationConfig(max_new_tokens=30, prompt_lookup=10)
+    free = Generator(model, TOK, eos_ids=set())
+    long_drafts = list(free.stream(copy_prompt, config))
+    capped = Generator(model, TOK, eos_ids=set())
+    capped.use_step_costs({2: 1.9, 16: 20.0})  # one more row costs nearly a whole step: drafts never pay
+    no_drafts = list(capped.stream(copy_prompt, config))
+    assert max(e.tree_size for e in long_drafts[:-1]) > 2
+    assert max(e.tree_size for e in no_drafts[:-1]) == 1
+    assert no_drafts[-1].token_ids == long_drafts[-1].token_ids
+    cheap = Generator(model, TOK, eos_ids=set())
+    cheap.use_step_costs({2: 1.05, 3: 1.1, 16: 1.5})  # cheap rows: drafts grow as they keep being accepted
+    sizes = [e.tree_size for e in list(cheap.stream(copy_prompt, config))[:-1]]
+    assert max(sizes) > 2
 
 
 def test_sample_walk_follows_matching_children():

@@ -20,7 +20,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -33,7 +33,7 @@ from .config import ACCEPTANCE_MODES, GenerationConfig
 from .decoder import Decoder, TransformersDecoder, attach_heads
 from .events import GenerationStats, StepEvent
 from .heads import MedusaHeads
-from .lookup import lookup_draft
+from .lookup import draft_length, lookup_draft
 from .presets import DEFAULT_CPU_TREE, fit_to_heads, preset
 from .profile import StepProfile
 from .sampling import select
@@ -56,6 +56,7 @@ class _State:
 
 
 MODES = ("medusa", "plain")
+LOOKUP_DECAY = 0.95  # weight of the lookup hit rate's history per drafted step (about the last 20 drafts count)
 
 
 class _Pace:
@@ -174,6 +175,9 @@ class Generator:
         self._cached_ids: list[int] = []
         self.plain_rate: float | None = None  # measured plain tokens/s (calibration or fallback probes)
         self.profile: StepProfile | None = None  # set to time each step's sections (bench --profile)
+        self.step_costs: dict[int, float] = {}  # measured step cost by slots, relative to plain (calibration)
+        self.tree_tokens = 1.0  # the tree's expected tokens per step (calibration's prediction)
+        self._lookup_hits = self._lookup_misses = 0.0  # lookup tokens accepted / drafts cut short, decaying
         self._chains: dict[int, tuple] = {}
         self.tree_name = "none"
         self.tree = build_tree([])
@@ -204,6 +208,25 @@ class Generator:
         self.tree = built.to(self.device)
         self.tree_name = name or (tree if isinstance(tree, str) else f"custom-{built.size}")
         self._chains = {0: (self.tree, self.tree.ancestor_mask)}
+
+    def use_step_costs(self, costs: Mapping[int, float], tree_tokens: float = 1.0) -> None:
+        """Measured step costs by slots (relative to a plain step) and the tree's expected tokens per step: prompt-
+        lookup drafts are then cut to the length that pays at the hit rate seen so far (see ``draft_length``)."""
+        self.step_costs, self.tree_tokens = dict(costs), tree_tokens
+
+    def _draft_limit(self, limit: int) -> int:
+        """How many prompt-lookup tokens this step may verify (``limit`` when no step costs are known)."""
+        if not self.step_costs:
+            return limit
+        hit_rate = (self._lookup_hits + 1) / (self._lookup_hits + self._lookup_misses + 2)
+        return draft_length(limit, self.tree.size, self.tree_tokens, hit_rate, self.step_costs)
+
+    def _count_lookup(self, slots: torch.Tensor, drafted: int) -> None:
+        """Update the lookup hit rate after a step that verified ``drafted`` lookup tokens (the chain's slots come
+        after the tree's); older steps weigh less, so the rate follows the conversation."""
+        kept = int((slots >= self.tree.size).sum())
+        self._lookup_hits = LOOKUP_DECAY * self._lookup_hits + kept
+        self._lookup_misses = LOOKUP_DECAY * self._lookup_misses + (kept < drafted)
 
     def _tree_with_chain(self, length: int) -> tuple[Tree, torch.Tensor]:
         """The tree plus a prompt-lookup chain of ``length`` slots, with its attention block (cached)."""
@@ -362,7 +385,8 @@ class Generator:
                 embedding = self.decoder.embed(tokens)[0] if self.heads.root_conditioned else None
                 proposals = self.heads.propose(state.hidden, self.decoder.lm_head, tree.depth, tree.topk, embedding)
                 tokens = torch.cat([tokens, proposals.flatten()])[tree.tree_indices]
-        draft = lookup_draft([*self._cached_ids, root], config.prompt_lookup) if config.prompt_lookup else []
+        limit = self._draft_limit(config.prompt_lookup) if config.prompt_lookup else 0
+        draft = lookup_draft([*self._cached_ids, root], limit) if limit else []
         tree, block = self._tree_with_chain(len(draft))
         if draft:
             tokens = torch.cat([tokens, torch.tensor(draft, device=self.device)])
@@ -376,6 +400,8 @@ class Generator:
 
         with self._section("acceptance"):
             slots, next_root = self._accept(tokens, tree, logits, config, rng)
+            if draft:
+                self._count_lookup(slots, len(draft))
         with self._section("compaction"):
             self.decoder.keep_path(start, slots)
             emitted = tokens[slots].tolist()

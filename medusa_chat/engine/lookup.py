@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from itertools import pairwise
 
 import torch
 
@@ -22,3 +23,35 @@ def lookup_draft(context: Sequence[int], max_tokens: int, ngram_sizes: Sequence[
             begin = int(starts[-1]) + n
             return ctx[begin : begin + max_tokens].tolist()
     return []
+
+
+def draft_length(
+    limit: int, tree_size: int, tree_tokens: float, hit_rate: float, costs: Mapping[int, float]
+) -> int:
+    """How many lookup tokens (0..``limit``) to verify with a tree of ``tree_size`` slots: the most expected
+    tokens per unit of step time.
+
+    The tree alone yields ``tree_tokens`` per step; a draft of n tokens adds ``hit_rate + hit_rate**2 + ...
+    + hit_rate**n`` (each drafted token counts only when all before it were accepted) and makes the step cost
+    that of ``tree_size + n`` slots (``costs``: measured step cost by slots, relative to a plain step).
+    """
+    best, best_rate, gain = 0, tree_tokens / step_cost(costs, tree_size), 0.0
+    for n in range(1, limit + 1):
+        gain += hit_rate**n
+        rate = (tree_tokens + gain) / step_cost(costs, tree_size + n)
+        if rate > best_rate:
+            best, best_rate = n, rate
+    return best
+
+
+def step_cost(costs: Mapping[int, float], slots: int) -> float:
+    """The cost of a step verifying ``slots`` tokens, interpolated linearly between measured sizes (a plain step
+    costs 1) and extended past the largest along the last two."""
+    points = sorted({1: 1.0, **costs}.items())
+    for (q0, c0), (q1, c1) in pairwise(points):
+        if slots <= q1:
+            return c0 + (c1 - c0) * (slots - q0) / (q1 - q0)
+    if len(points) == 1:
+        return float(slots)  # nothing measured: assume cost grows with the rows verified
+    (q0, c0), (q1, c1) = points[-2:]
+    return c1 + (c1 - c0) * (slots - q1) / (q1 - q0)
