@@ -208,6 +208,7 @@ class Generator:
         self.tree = built.to(self.device)
         self.tree_name = name or (tree if isinstance(tree, str) else f"custom-{built.size}")
         self._chains = {0: (self.tree, self.tree.ancestor_mask)}
+        self.tree_tokens = 1.0  # not predicted for this tree (see use_step_costs)
 
     def use_step_costs(self, costs: Mapping[int, float], tree_tokens: float = 1.0) -> None:
         """Measured step costs by slots (relative to a plain step) and the tree's expected tokens per step: prompt-
