@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 GROUP = 32
 INNER_K_TILES = 2
-ROWS_AT_A_TIME = 1024  # rows dequantised at once by Int4.rows (a multiple of 64)
+ROWS_AT_A_TIME = 1024  # rows (de)quantised at once by Int4.rows and make_linear (a multiple of 64)
 
 
 class Linear(Protocol):
@@ -149,7 +149,7 @@ def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     groups = weight.float().reshape(n, k // GROUP, GROUP)
     low, high = groups.amin(-1), groups.amax(-1)
     scale = ((high - low) / 15).clamp(min=1e-8)
-    q = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15).reshape(n, k)
+    q = (groups - low[..., None]).div_(scale[..., None]).round_().clamp_(0, 15).reshape(n, k)  # one temporary
     return q.to(torch.int32), scale, low + 8 * scale
 
 
@@ -157,8 +157,9 @@ def make_linear(weight: torch.Tensor, dtype: torch.dtype, quant: str | None = No
     """A dense layer in ``dtype``, or int4/int8 weight-only (``quant``) with activations in ``dtype``."""
     if quant is None:
         return Dense(weight.to(dtype))
-    if quant == "int4":
-        return Int4(*quantize_int4(weight), dtype=dtype)
+    if quant == "int4":  # a block of rows at a time: the fp32 temporaries of a large matrix never exist whole
+        n, step = weight.shape[0], ROWS_AT_A_TIME
+        return Int4.stack_rows((Int4(*quantize_int4(weight[i : i + step]), dtype=dtype) for i in range(0, n, step)), n)
     if quant == "int8":
         return Int8(weight, dtype)
     raise ValueError(f"unknown quantisation {quant!r}: use int4, int8 or none")
