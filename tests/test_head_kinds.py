@@ -7,10 +7,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from medusa_chat.engine.decoder import attach_heads
 from medusa_chat.engine.generator import GenerationConfig, Generator
 from medusa_chat.engine.heads_io import load_heads, save_heads
 from medusa_chat.engine.lean import from_state_dict
-from medusa_chat.engine.quant import Dense
+from medusa_chat.engine.quant import Dense, Int4
 from medusa_chat.export import ExportError, export_heads
 from tests.test_tree import trees
 from tests.tiny import random_heads, tiny_model, tiny_tokenizer
@@ -62,6 +63,36 @@ def test_lean_plain_greedy_equals_transformers(models):
     ours = _generate(lean, None, prompt, None, 40, medusa=False)
     theirs = _generate(model, None, prompt, None, 40, medusa=False)
     assert ours.token_ids == theirs.token_ids
+
+
+def test_heads_on_a_4bit_decoder_run_in_int4_and_stay_lossless(models):
+    """Attached heads take the decoder's weight format: int4 blocks, root mix and draft projection on the 4-bit lean
+    decoder (a few times less to read per step); they propose much as dense heads do, and greedy output is unchanged."""
+    model, _, draft = models["llama"]
+    draft = draft[: len(draft) // 16 * 16]  # the int4 kernel takes rows in multiples of 16
+    lean4 = from_state_dict(model.config, model.state_dict(), torch.float32, "int4")
+    heads = random_heads(model, root_conditioned=True, draft_vocab=draft, seed=3).float()
+    dense = random_heads(model, root_conditioned=True, draft_vocab=draft, seed=3).float()
+    dense.use_base_projection(Dense(lean4.output_rows(draft)))
+    attach_heads(heads, lean4)
+    h = torch.randn(50, model.config.hidden_size)
+    root = lean4.embed(torch.randint(3, len(TOK), (50,))).float()
+    with torch.inference_mode():
+        blocks = [block for head in heads for block in head[: heads.num_layers]]
+        assert isinstance(heads.draft_projection, Int4)
+        assert isinstance(heads._root_converted.linear(heads.root_weight), Int4)
+        assert all(isinstance(b.converted.linear(b.linear.weight), Int4) for b in blocks)
+        agree = (heads.propose(h, None, 1, 1, root) == dense.propose(h, None, 1, 1, root)).float().mean()
+    assert agree >= 0.8
+    prompt = TOK("The quick brown fox")["input_ids"]
+    plain = _generate(lean4, None, prompt, None, 24, medusa=False)
+    assert _generate(lean4, heads, prompt, "cpu_8", 24).token_ids == plain.token_ids
+    block = heads[0][0]
+    with torch.no_grad():  # a changed weight (a training step, a load) is converted again
+        before = block.converted.linear(block.linear.weight)
+        block.linear.weight.mul_(0.5)
+        assert block.converted.linear(block.linear.weight) is not before
+    assert block.converted.linear(block.linear.weight) is None  # while training: the parameter itself
 
 
 def test_root_conditioned_heads_use_the_root_token(models):

@@ -27,6 +27,25 @@ from torch import nn
 from .quant import Linear
 
 
+class Converted:
+    """A weight in another format (the decoder's: int4 on a 4-bit decoder) for inference, remade whenever the weight
+    changes (an optimizer step, a load): training and gradients always see the parameter itself."""
+
+    def __init__(self, make: Callable[[torch.Tensor], Linear]) -> None:
+        self.make = make
+        self._source: tuple[int, int] | None = None
+        self._linear: Linear | None = None
+
+    def linear(self, weight: torch.Tensor) -> Linear | None:
+        """``weight`` converted, or None while gradients are wanted (use the parameter then)."""
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return None
+        source = (id(weight), weight._version)
+        if source != self._source:
+            self._linear, self._source = self.make(weight.detach()), source
+        return self._linear
+
+
 class ResBlock(nn.Module):
     """``x + SiLU(W x + b)``; W starts at zero so a new block is (nearly) the identity."""
 
@@ -34,10 +53,11 @@ class ResBlock(nn.Module):
         super().__init__()
         self.linear = nn.Linear(hidden_size, hidden_size)
         nn.init.zeros_(self.linear.weight)
-        self.fast: Linear | None = None  # W in the decoder's weight format, see MedusaHeads.use_linear
+        self.converted: Converted | None = None  # W in the decoder's weight format, see MedusaHeads.use_linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.linear(x) if self.fast is None else self.fast(x) + self.linear.bias
+        fast = self.converted.linear(self.linear.weight) if self.converted else None
+        y = self.linear(x) if fast is None else fast(x) + self.linear.bias
         return x + nn.functional.silu(y)
 
 
@@ -73,7 +93,7 @@ class MedusaHeads(nn.ModuleList):
             raise ValueError("a draft vocabulary needs heads that share the base lm_head")
         self.register_buffer("draft_vocab", None if draft_vocab is None else draft_vocab.long())
         self.draft_projection: Linear | None = None  # rows of the base lm_head, see use_base_projection
-        self._root_fast: Linear | None = None  # root_weight in the decoder's weight format, see use_linear
+        self._root_converted: Converted | None = None  # root_weight in the decoder's weight format, see use_linear
 
     @property
     def num_heads(self) -> int:
@@ -98,10 +118,11 @@ class MedusaHeads(nn.ModuleList):
         if root is None:
             raise ValueError("root-conditioned heads need the embedding of the root token")
         both = torch.cat([x, root.to(x.dtype)], -1)
-        if self._root_fast is None:
+        fast = self._root_converted.linear(self.root_weight) if self._root_converted else None
+        if fast is None:
             mixed = nn.functional.linear(both, self.root_weight, self.root_bias)
         else:
-            mixed = self._root_fast(both) + self.root_bias
+            mixed = fast(both) + self.root_bias
         return x + nn.functional.silu(mixed)
 
     def forward(
@@ -129,12 +150,13 @@ class MedusaHeads(nn.ModuleList):
 
     def use_linear(self, make: Callable[[torch.Tensor], Linear]) -> None:
         """Run the blocks' matrices through ``make`` from now on (the decoder's format: int4 on a 4-bit decoder,
-        a few times less to read per step). For inference: the parameters stay what is trained and saved."""
+        a few times less to read per step), outside training: the parameters stay what is trained and saved, and a
+        changed parameter is converted again (:class:`Converted`)."""
         for head in self:
             for block in head[: self.num_layers]:
-                block.fast = make(block.linear.weight)
+                block.converted = Converted(make)
         if self.root_conditioned:
-            self._root_fast = make(self.root_weight)
+            self._root_converted = Converted(make)
 
     def draft_logits(
         self, x: torch.Tensor, lm_head: nn.Module | None, count: int | None = None, root: torch.Tensor | None = None

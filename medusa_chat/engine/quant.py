@@ -53,8 +53,8 @@ class Int4:
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, dtype: torch.dtype) -> None:
         """``q`` [N, K] ints in 0..15; ``scale`` and ``zero`` [N, K/G]; ``dtype``: activations' dtype."""
         n, k = q.shape
-        if k % GROUP or n % 8:
-            raise ValueError(f"int4 needs K divisible by {GROUP} and N by 8, not {k} x {n}")
+        if k % GROUP or n % 16:
+            raise ValueError(f"int4 needs K divisible by {GROUP} and N by 16, not {k} x {n}")
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), INNER_K_TILES)
         self.scales_zeros = torch.stack([scale.t(), zero.t()], dim=-1).to(dtype).contiguous()
         self.out_features = n
