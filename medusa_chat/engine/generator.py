@@ -56,7 +56,7 @@ class _State:
 
 
 MODES = ("medusa", "plain")
-LOOKUP_DECAY = 0.95  # weight of the lookup hit rate's history per drafted step (about the last 20 drafts count)
+LOOKUP_DECAY = 0.95  # weight of the lookup hit rate's history per scored step (about the last 20 count)
 
 
 class _Pace:
@@ -177,7 +177,7 @@ class Generator:
         self.profile: StepProfile | None = None  # set to time each step's sections (bench --profile)
         self.step_costs: dict[int, float] = {}  # measured step cost by slots, relative to plain (calibration)
         self.tree_tokens = 1.0  # the tree's expected tokens per step (calibration's prediction)
-        self._lookup_hits = self._lookup_misses = 0.0  # lookup tokens accepted / drafts cut short, decaying
+        self._lookup_hits = self._lookup_misses = 0.0  # lookup tokens that came true / drafts that missed
         self._chains: dict[int, tuple] = {}
         self.tree_name = "none"
         self.tree = build_tree([])
@@ -216,18 +216,24 @@ class Generator:
         self.step_costs, self.tree_tokens = dict(costs), tree_tokens
 
     def _draft_limit(self, limit: int) -> int:
-        """How many prompt-lookup tokens this step may verify (``limit`` when no step costs are known)."""
+        """How many of a ``limit``-token lookup draft this step verifies (all when no step costs are known)."""
         if not self.step_costs:
             return limit
         hit_rate = (self._lookup_hits + 1) / (self._lookup_hits + self._lookup_misses + 2)
         return draft_length(limit, self.tree.size, self.tree_tokens, hit_rate, self.step_costs)
 
-    def _count_lookup(self, slots: torch.Tensor, drafted: int) -> None:
-        """Update the lookup hit rate after a step that verified ``drafted`` lookup tokens (the chain's slots come
-        after the tree's); older steps weigh less, so the rate follows the conversation."""
-        kept = int((slots >= self.tree.size).sum())
-        self._lookup_hits = LOOKUP_DECAY * self._lookup_hits + kept
-        self._lookup_misses = LOOKUP_DECAY * self._lookup_misses + (kept < drafted)
+    def _count_lookup(self, draft: list[int], emitted: list[int]) -> None:
+        """Score a lookup draft against what the step emitted (its root first), whether or not the draft was verified:
+        each drafted token seen is a hit until the first miss. Older steps weigh less, so the rate follows the text."""
+        hits = misses = 0
+        for guess, actual in zip(draft, emitted[1:], strict=False):
+            if guess != actual:
+                misses = 1
+                break
+            hits += 1
+        if hits or misses:
+            self._lookup_hits = LOOKUP_DECAY * self._lookup_hits + hits
+            self._lookup_misses = LOOKUP_DECAY * self._lookup_misses + misses
 
     def _tree_with_chain(self, length: int) -> tuple[Tree, torch.Tensor]:
         """The tree plus a prompt-lookup chain of ``length`` slots, with its attention block (cached)."""
@@ -386,8 +392,8 @@ class Generator:
                 embedding = self.decoder.embed(tokens)[0] if self.heads.root_conditioned else None
                 proposals = self.heads.propose(state.hidden, self.decoder.lm_head, tree.depth, tree.topk, embedding)
                 tokens = torch.cat([tokens, proposals.flatten()])[tree.tree_indices]
-        limit = self._draft_limit(config.prompt_lookup) if config.prompt_lookup else 0
-        draft = lookup_draft([*self._cached_ids, root], limit) if limit else []
+        found = lookup_draft([*self._cached_ids, root], config.prompt_lookup) if config.prompt_lookup else []
+        draft = found[: self._draft_limit(len(found))] if found else []
         tree, block = self._tree_with_chain(len(draft))
         if draft:
             tokens = torch.cat([tokens, torch.tensor(draft, device=self.device)])
@@ -401,11 +407,11 @@ class Generator:
 
         with self._section("acceptance"):
             slots, next_root = self._accept(tokens, tree, logits, config, rng)
-            if draft:
-                self._count_lookup(slots, len(draft))
         with self._section("compaction"):
             self.decoder.keep_path(start, slots)
             emitted = tokens[slots].tolist()
+        if found:
+            self._count_lookup(found, emitted)
         self._cached_ids.extend(emitted)
         last = slots[-1]
         from_heads = [False] + [True] * (len(emitted) - 1)

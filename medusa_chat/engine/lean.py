@@ -16,6 +16,7 @@ own terms. Keys and values are cached in fp32 whatever the weights' dtype: atten
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -224,10 +225,10 @@ class LeanLlama:
         elif mask is not None and mask.dtype != torch.bool:
             mask = mask.float()
         cos, sin = self._rope(positions)
-        groups = _row_groups(mask[0, 0]) if batch == 1 and tree else None
+        plan = _row_plan(mask[0, 0]) if batch == 1 and tree else None
         x = self.embed(ids)  # [B, q, H]
         for i, layer in enumerate(self.layers):
-            x = self._layer(i, layer, x, cos, sin, mask, groups, start, end)
+            x = self._layer(i, layer, x, cos, sin, mask, plan, start, end)
         self.cache.length = end
         return _rms_norm(x, self.norm, s.rms_eps)
 
@@ -239,7 +240,7 @@ class LeanLlama:
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask: torch.Tensor | None,
-        groups: list[tuple[list[int], int | torch.Tensor]] | None,
+        plan: list[RowKeys] | None,
         start: int,
         end: int,
     ) -> torch.Tensor:
@@ -254,7 +255,7 @@ class LeanLlama:
         self.cache.k[i, :, :, start:end] = xk.transpose(1, 2)  # [B, kv, q, D], to fp32
         self.cache.v[i, :, :, start:end] = xv.transpose(1, 2)
         keys, values = self.cache.k[i, :, :, :end], self.cache.v[i, :, :, :end]  # [B, kv, L + q, D]
-        attn = self._attend(xq.float(), keys, values, mask, groups).to(x.dtype)  # [B, q, heads, D]
+        attn = self._attend(xq.float(), keys, values, mask, plan).to(x.dtype)  # [B, q, heads, D]
         x = x + layer.wo(attn.reshape(batch, q, heads_dim))
         h = _rms_norm(x, layer.mlp_norm, s.rms_eps)
         gate, up = layer.w13(h).chunk(2, dim=-1)
@@ -269,33 +270,32 @@ class LeanLlama:
         keys: torch.Tensor,
         values: torch.Tensor,
         mask: torch.Tensor | None,
-        groups: list[tuple[list[int], int | torch.Tensor]] | None,
+        plan: list[RowKeys] | None,
     ) -> torch.Tensor:
         """Attention of ``xq`` [B, q, heads, D] over ``keys``/``values`` [B, kv, L + q, D] -> [B, q, heads, D], fp32.
 
-        One-token steps and tree rows (``groups``) are computed so that a row's result depends only
-        on the keys it sees, in their order: each row is attended alone over exactly those keys, with
-        no padding (a padded softmax rounds differently, and the fused kernel's rounding depends on the
-        batch size). A tree row then equals, bit for bit, the one-token step that would have computed
-        it, so greedy Medusa equals plain decoding. Prefill and batched decoding attend all rows at once.
+        One-token steps and tree rows (``plan``) are computed so that a row's result depends only on the keys it
+        sees, in their order: each row is attended alone over exactly those keys, with no padding (a padded
+        softmax rounds differently, and the fused kernel's rounding depends on the batch size). A tree row then
+        equals, bit for bit, the one-token step that would have computed it, so greedy Medusa equals plain
+        decoding. Prefill and batched decoding attend all rows at once.
         """
         s = self.spec
-        if groups is None:
+        if plan is None:
             out = F.scaled_dot_product_attention(
                 xq.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=s.num_kv_heads != s.num_heads
             )
             return out.transpose(1, 2)
-        if len(groups) == 1 and isinstance(groups[0][1], int):  # a one-token step
-            return _attention(xq[0], keys[:, :, : groups[0][1]], values[:, :, : groups[0][1]]).view(xq.shape)
+        if len(plan) == 1 and plan[0].extra is None:  # a one-token step
+            seen = plan[0].prefix
+            return _attention(xq[0], keys[:, :, :seen], values[:, :, :seen]).view(xq.shape)
         out = torch.empty_like(xq)
-        for rows, seen in groups:
-            if isinstance(seen, int):  # a lone row that sees the first `seen` keys: a slice, as a one-token step
-                out[0, rows[0]] = _attention(xq[0, rows[0]], keys[:, :, :seen], values[:, :, :seen])
-                continue
-            k = keys[0][:, seen].transpose(0, 1).contiguous()  # [n, kv, count, D]: each row's keys, in order
-            v = values[0][:, seen].transpose(0, 1).contiguous()
-            for j, row in enumerate(rows):
-                out[0, row] = _attention(xq[0, row], k[j : j + 1], v[j : j + 1])
+        for row, prefix, extra in plan:
+            k, v = keys[:, :, :prefix], values[:, :, :prefix]  # a slice of the cache, as a one-token step sees it
+            if extra is not None:  # then the row's tree ancestors: copied after it, contiguous, in order
+                k = torch.cat([k, keys[:, :, extra]], dim=2)
+                v = torch.cat([v, values[:, :, extra]], dim=2)
+            out[0, row] = _attention(xq[0, row], k, v)
         return out
 
 
@@ -309,27 +309,27 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     return F.scaled_dot_product_attention(q.view(1, kv, -1, d), k, v).view(-1, d)
 
 
-def _row_groups(mask: torch.Tensor) -> list[tuple[list[int], int | torch.Tensor]]:
-    """Rows of a [q, L + q] bool mask grouped by how many keys they see: (rows, keys).
+class RowKeys(NamedTuple):
+    """The keys one row of a tree step sees: the first ``prefix`` of the cache, then ``extra`` (ascending, or None)."""
 
-    ``keys`` is an int ``count`` for a lone row that sees exactly the first ``count`` keys in order (a
-    one-token step, or a row of a chain-shaped tree: attended over a slice of the cache, no copy);
-    otherwise each row's visible key indices in ascending order [n, count].
-    """
-    counts = mask.sum(-1)  # [q]
-    if len(counts) == 1 and int(counts[0]) == mask.shape[-1]:
-        return [([0], mask.shape[-1])]
-    order = None
-    groups: list[tuple[list[int], int | torch.Tensor]] = []
-    for count in counts.unique().tolist():
-        rows = torch.nonzero(counts == count).flatten()
-        if len(rows) == 1 and bool(mask[rows[0], :count].all()):
-            groups.append((rows.tolist(), count))
-            continue
-        if order is None:
-            order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)  # visible keys first, ascending
-        groups.append((rows.tolist(), order[rows, :count]))
-    return groups
+    row: int
+    prefix: int
+    extra: torch.Tensor | None
+
+
+def _row_plan(mask: torch.Tensor) -> list[RowKeys]:
+    """Per row of a [q, L + q] bool mask, the keys it sees: a one-token step or a chain row sees a prefix (a slice
+    of the cache, no copy); a row deeper in a tree sees a prefix (the cache and the root) and its ancestors."""
+    q, total = mask.shape
+    full = mask.all(-1)
+    if q == 1 and bool(full[0]):
+        return [RowKeys(0, total, None)]
+    prefix = torch.where(full, total, (~mask).to(torch.int8).argmax(-1)).tolist()  # each row's leading run
+    plan = []
+    for row, p in enumerate(prefix):
+        extra = torch.nonzero(mask[row, p:]).flatten() + p
+        plan.append(RowKeys(row, p, extra if len(extra) else None))
+    return plan
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
