@@ -33,7 +33,7 @@ from .config import ACCEPTANCE_MODES, GenerationConfig
 from .decoder import Decoder, TransformersDecoder, attach_heads
 from .events import GenerationStats, StepEvent
 from .heads import MedusaHeads
-from .lookup import draft_length, lookup_draft
+from .lookup import HIT_PRIOR, draft_length, lookup_draft
 from .presets import DEFAULT_CPU_TREE, fit_to_heads, preset
 from .profile import StepProfile
 from .sampling import select
@@ -219,7 +219,8 @@ class Generator:
         """How many of a ``limit``-token lookup draft this step verifies (all when no step costs are known)."""
         if not self.step_costs:
             return limit
-        hit_rate = (self._lookup_hits + 1) / (self._lookup_hits + self._lookup_misses + 2)
+        hits, misses = self._lookup_hits + HIT_PRIOR[0], self._lookup_misses + HIT_PRIOR[1]
+        hit_rate = hits / (hits + misses)
         return draft_length(limit, self.tree.size, self.tree_tokens, hit_rate, self.step_costs)
 
     def _count_lookup(self, draft: list[int], emitted: list[int]) -> None:

@@ -25,6 +25,10 @@ def lookup_draft(context: Sequence[int], max_tokens: int, ngram_sizes: Sequence[
     return []
 
 
+MIN_DRAFT_GAIN = 1.1  # predicted tokens/s over the tree alone a draft must promise (costs and rates are estimates)
+HIT_PRIOR = (1.0, 3.0)  # (hits, misses) assumed before any draft was scored: a found n-gram is usually a coincidence
+
+
 def draft_length(
     limit: int, tree_size: int, tree_tokens: float, hit_rate: float, costs: Mapping[int, float]
 ) -> int:
@@ -33,9 +37,10 @@ def draft_length(
 
     The tree alone yields ``tree_tokens`` per step; a draft of n tokens adds ``hit_rate + hit_rate**2 + ...
     + hit_rate**n`` (each drafted token counts only when all before it were accepted) and makes the step cost
-    that of ``tree_size + n`` slots (``costs``: measured step cost by slots, relative to a plain step).
+    that of ``tree_size + n`` slots (``costs``: measured step cost by slots, relative to a plain step). A draft
+    must promise :data:`MIN_DRAFT_GAIN` over the tree alone: its rows cost more than the measured tree rows.
     """
-    best, best_rate, gain = 0, tree_tokens / step_cost(costs, tree_size), 0.0
+    best, best_rate, gain = 0, MIN_DRAFT_GAIN * tree_tokens / step_cost(costs, tree_size), 0.0
     for n in range(1, limit + 1):
         gain += hit_rate**n
         rate = (tree_tokens + gain) / step_cost(costs, tree_size + n)
