@@ -56,13 +56,14 @@ def test_tree_rows_equal_one_token_steps_bit_for_bit(dtype):
     """int4 weights (a row-independent kernel): every tree row's hidden state equals the one-token
     step along its path exactly, at many cache lengths, so greedy Medusa is lossless on this decoder."""
     from medusa_chat.engine.presets import PRESETS
-    from medusa_chat.engine.tree import build_tree
+    from medusa_chat.engine.tree import build_tree, with_chain
 
     model = tiny_model("llama", dtype=torch.float32, num_attention_heads=4, num_key_value_heads=2)
     lean = _lean(model, dtype, quant="int4")
     torch.manual_seed(3)
     chain = [[0], [0, 0], [0, 0, 0]]  # rows see a prefix of the cache: attended over slices, not gathers
-    for length, tree in product((5, 17, 31, 64, 93), (build_tree(PRESETS["cpu_16"], topk=10), build_tree(chain))):
+    trees = (build_tree(PRESETS["cpu_16"], topk=10), build_tree(chain), with_chain(build_tree([[0]]), 3))
+    for length, tree in product((5, 17, 31, 64, 93), trees):
         ids = torch.randint(5, 300, (1, length))
         tree_ids = torch.randint(5, 300, (1, tree.size))
         with torch.inference_mode():
@@ -79,6 +80,19 @@ def test_tree_rows_equal_one_token_steps_bit_for_bit(dtype):
                     visible = torch.ones(1, 1, 1, length + depth + 1, dtype=torch.bool)
                     step = lean.forward(tree_ids[:, slot : slot + 1], torch.tensor([[length + depth]]), visible)
                 assert torch.equal(step[0, 0], rows[node]), (length, node)
+
+
+def test_row_plan_slices_chains_and_appends_ancestors():
+    from medusa_chat.engine.lean import _row_plan
+    from medusa_chat.engine.tree import build_tree, with_chain
+
+    assert _row_plan(torch.ones(1, 9, dtype=torch.bool)) == [(0, 9, None)]  # a one-token step sees a slice
+    tree = with_chain(build_tree([[0]]), 2)  # root, head 0's guess, then a 2-token lookup chain from the root
+    mask = torch.cat([torch.ones(tree.size, 7, dtype=torch.bool), tree.ancestor_mask], -1)
+    plan = _row_plan(mask)
+    assert [(r.row, r.prefix) for r in plan] == [(0, 8), (1, 9), (2, 8), (3, 8)]
+    assert plan[0].extra is None and plan[1].extra is None  # the root and its child: slices of the cache
+    assert plan[2].extra.tolist() == [9] and plan[3].extra.tolist() == [9, 10]  # chain rows skip slot 1
 
 
 def test_unsupported_architecture_is_refused():
