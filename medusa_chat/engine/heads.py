@@ -33,14 +33,14 @@ class Converted:
 
     def __init__(self, make: Callable[[torch.Tensor], Linear]) -> None:
         self.make = make
-        self._source: tuple[int, int] | None = None
+        self._source: tuple[int, int, int] | None = None  # (tensor, storage, version) it was made from
         self._linear: Linear | None = None
 
     def linear(self, weight: torch.Tensor) -> Linear | None:
         """``weight`` converted, or None while gradients are wanted (use the parameter then)."""
         if torch.is_grad_enabled() and weight.requires_grad:
             return None
-        source = (id(weight), weight._version)
+        source = (id(weight), weight.data_ptr(), weight._version)  # a new tensor, new data (.to) or an in-place change
         if source != self._source:
             self._linear, self._source = self.make(weight.detach()), source
         return self._linear
