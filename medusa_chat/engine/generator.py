@@ -226,13 +226,10 @@ class Generator:
     def _count_lookup(self, draft: list[int], emitted: list[int]) -> None:
         """Score a lookup draft against what the step emitted (its root first), whether or not the draft was verified:
         each drafted token seen is a hit until the first miss. Older steps weigh less, so the rate follows the text."""
-        hits = misses = 0
-        for guess, actual in zip(draft, emitted[1:], strict=False):
-            if guess != actual:
-                misses = 1
-                break
-            hits += 1
-        if hits or misses:
+        seen = min(len(draft), len(emitted) - 1)  # drafted tokens the step can judge
+        hits = _common_prefix(draft[:seen], emitted[1:])
+        misses = int(hits < seen)
+        if seen:
             self._lookup_hits = LOOKUP_DECAY * self._lookup_hits + hits
             self._lookup_misses = LOOKUP_DECAY * self._lookup_misses + misses
 

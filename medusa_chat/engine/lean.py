@@ -324,12 +324,11 @@ def _row_plan(mask: torch.Tensor) -> list[RowKeys]:
     full = mask.all(-1)
     if q == 1 and bool(full[0]):
         return [RowKeys(0, total, None)]
-    prefix = torch.where(full, total, (~mask).to(torch.int8).argmax(-1)).tolist()  # each row's leading run
-    plan = []
-    for row, p in enumerate(prefix):
-        extra = torch.nonzero(mask[row, p:]).flatten() + p
-        plan.append(RowKeys(row, p, extra if len(extra) else None))
-    return plan
+    prefix = torch.where(full, total, (~mask).to(torch.int8).argmax(-1))  # [q] each row's leading run of keys
+    beyond = mask & (torch.arange(total, device=mask.device) >= prefix[:, None])  # the keys after that run
+    extras = torch.nonzero(beyond)[:, 1].split(beyond.sum(-1).tolist())  # one search for every row
+    starts = prefix.tolist()
+    return [RowKeys(row, starts[row], extra if len(extra) else None) for row, extra in enumerate(extras)]
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import pairwise
 
 import torch
@@ -40,23 +40,33 @@ def draft_length(
     that of ``tree_size + n`` slots (``costs``: measured step cost by slots, relative to a plain step). A draft
     must promise :data:`MIN_DRAFT_GAIN` over the tree alone: its rows cost more than the measured tree rows.
     """
-    best, best_rate, gain = 0, MIN_DRAFT_GAIN * tree_tokens / step_cost(costs, tree_size), 0.0
+    cost = cost_curve(costs)
+    best, best_rate, gain = 0, MIN_DRAFT_GAIN * tree_tokens / cost(tree_size), 0.0
     for n in range(1, limit + 1):
         gain += hit_rate**n
-        rate = (tree_tokens + gain) / step_cost(costs, tree_size + n)
+        rate = (tree_tokens + gain) / cost(tree_size + n)
         if rate > best_rate:
             best, best_rate = n, rate
     return best
 
 
 def step_cost(costs: Mapping[int, float], slots: int) -> float:
-    """The cost of a step verifying ``slots`` tokens, interpolated linearly between measured sizes (a plain step
-    costs 1) and extended past the largest along the last two."""
+    """The cost of a step verifying ``slots`` tokens (see :func:`cost_curve`)."""
+    return cost_curve(costs)(slots)
+
+
+def cost_curve(costs: Mapping[int, float]) -> Callable[[int], float]:
+    """Step cost by slots verified, interpolated linearly between measured sizes (a plain step costs 1) and extended
+    past the largest along the last two; nothing measured: the cost grows with the rows verified."""
     points = sorted({1: 1.0, **costs}.items())
-    for (q0, c0), (q1, c1) in pairwise(points):
-        if slots <= q1:
-            return c0 + (c1 - c0) * (slots - q0) / (q1 - q0)
     if len(points) == 1:
-        return float(slots)  # nothing measured: assume cost grows with the rows verified
-    (q0, c0), (q1, c1) = points[-2:]
-    return c1 + (c1 - c0) * (slots - q1) / (q1 - q0)
+        return float
+
+    def cost(slots: int) -> float:
+        for (q0, c0), (q1, c1) in pairwise(points):
+            if slots <= q1:
+                return c0 + (c1 - c0) * (slots - q0) / (q1 - q0)
+        (q0, c0), (q1, c1) = points[-2:]
+        return c1 + (c1 - c0) * (slots - q1) / (q1 - q0)
+
+    return cost
