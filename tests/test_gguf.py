@@ -9,7 +9,15 @@ from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize
 
-from medusa_chat.engine.gguf_weights import GGUFError, dequantize, load_gguf, unpack_q4_0, unpack_q4_1, unpack_q8_0
+from medusa_chat.engine.gguf_weights import (
+    GGUFError,
+    Q8Table,
+    dequantize,
+    load_gguf,
+    unpack_q4_0,
+    unpack_q4_1,
+    unpack_q8_0,
+)
 from medusa_chat.engine.quant import Int4
 
 
@@ -32,6 +40,17 @@ def test_q4_unpacking_is_bit_exact(blocks, kind, unpack):
 def test_q8_unpacking_is_bit_exact(blocks):
     expected = torch.from_numpy(gguf_dequantize(blocks[T.Q8_0], T.Q8_0).astype(np.float32))
     assert torch.equal(unpack_q8_0(blocks[T.Q8_0]), expected)
+
+
+def test_a_q8_table_left_in_its_file_looks_up_the_same_rows(blocks, tmp_path):
+    path = tmp_path / "table.bin"
+    raw = blocks[T.Q8_0]
+    path.write_bytes(b"header" + raw.tobytes())
+    table = Q8Table(np.memmap(path, dtype=np.uint8, mode="r", offset=6, shape=raw.shape), torch.bfloat16)
+    ids = torch.tensor([[3, 0, 15], [7, 7, 1]])
+    rows = table.rows(ids)
+    assert rows.shape == (2, 3, 128) and rows.dtype == torch.bfloat16
+    assert torch.equal(rows, unpack_q8_0(raw)[ids].to(torch.bfloat16))
 
 
 def test_q4_1_blocks_map_onto_the_int4_kernel(blocks):

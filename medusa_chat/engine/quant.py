@@ -28,7 +28,7 @@ class Linear(Protocol):
 
 
 class Rows(Protocol):
-    """A table looked up by row (an embedding): :class:`Dense` or :class:`Q8Rows`."""
+    """A table looked up by row (an embedding): :class:`Dense` or a GGUF Q8_0 table (``gguf_weights.Q8Table``)."""
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor: ...
 
@@ -111,18 +111,6 @@ class Int4:
         """The dense weight [N, K] the kernel computes with (for tests and fallbacks)."""
         eye = torch.eye(self.in_features, dtype=self.scales_zeros.dtype)
         return self(eye).t().contiguous()
-
-
-class Q8Rows:
-    """A table kept as GGUF Q8_0 blocks (int8 weights ``q`` [N, K], an fp16 scale ``d`` [N, K/G] per :data:`GROUP`),
-    rows dequantised on lookup: half the memory of bf16, the same values (``d * q`` in fp32, then ``dtype``)."""
-
-    def __init__(self, q: torch.Tensor, d: torch.Tensor, dtype: torch.dtype) -> None:
-        self.q, self.d, self.dtype = q, d, dtype
-
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        q = self.q[ids].float().unflatten(-1, (-1, GROUP))  # [..., K/G, G]
-        return (self.d[ids].float()[..., None] * q).flatten(-2).to(self.dtype)
 
 
 class Int8:
