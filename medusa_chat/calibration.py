@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .machine import cpu_flags, cpu_model
+from .machine import cpu_flags, cpu_model, kernel_capability
 from .paths import data_dir
 
 SIZES = (2, 3, 4, 6, 8, 12, 16)
@@ -51,9 +51,9 @@ def enabled() -> bool:
 
 
 def cpu_signature() -> str:
-    """CPU model name and the instruction-set flags that change kernel speed."""
+    """CPU model name, the instruction-set flags that change kernel speed and the set torch's kernels use."""
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma")))
-    return f"{cpu_model()} [{' '.join(flags)}]"
+    return f"{cpu_model()} [{' '.join(flags)}] kernels {kernel_capability()}"
 
 
 def heads_checksum(heads_path: Path | None) -> str:

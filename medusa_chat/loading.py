@@ -28,7 +28,7 @@ from typing import Any
 from . import calibration
 from .catalog import ModelSpec, catalog, catalog_problems, chat_template_for, resolve
 from .errors import UserError
-from .machine import cpu_flags
+from .machine import int4_kernel_fast
 from .memory import OVERHEAD, cpu_memory, estimate_bytes, loading_heap, trim_heap
 from .options import DTYPES, ENGINES, QUANTS, option_problem
 from .progress import Progress, stage
@@ -237,14 +237,14 @@ def default_setting(spec: ModelSpec, device: str | None = None) -> str:
 
 def _choose_quant(quant: str, dtype: str, device: str, engine: str, spec: ModelSpec) -> str:
     """``auto``: the model's own 4-bit weights on the lean decoder where it ships them (the offline
-    default's GGUF) and the CPU has the int4 kernel's fast path (AVX-512); dense otherwise.
+    default's GGUF) and torch's int4 kernel is vectorised on this CPU (AVX2 or AVX-512); dense otherwise.
 
     Both are lossless on their own terms: greedy Medusa equals greedy plain decoding.
     """
     if quant != "auto":
         return quant
     own_4bit = spec.head_format == "gguf-package" and device == "cpu" and engine != "transformers"
-    return "4bit" if own_4bit and dtype == "auto" and "avx512f" in cpu_flags() else "none"
+    return "4bit" if own_4bit and dtype == "auto" and int4_kernel_fast() else "none"
 
 
 def _choose_dtype(dtype: str, device: str, quant: str) -> str:

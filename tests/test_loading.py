@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -378,3 +379,15 @@ def test_a_tuned_tree_becomes_the_default_and_trees_fit_the_heads(tiny_model_dir
     save_heads(random_heads(model, num_heads=2).float(), two / "medusa", base_model=str(two))
     loaded = load_model(str(two), dtype="fp32")  # cpu_8 is 4 deep: cut to the 2 heads there are
     assert loaded.tree_name == "cpu_8/depth-2" and loaded.generator.tree.depth == 2
+
+
+@pytest.mark.parametrize(("capability", "runs_as"), [("avx2", "lean cpu 4bit (bf16)"), ("default", "lean cpu fp32")])
+def test_the_default_runs_on_its_4bit_weights_where_the_int4_kernel_is_vectorised(capability, runs_as):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+    code = ("from medusa_chat import catalog, default_model, loading\n"
+            "print(loading.default_setting(catalog.get(default_model.NAME)))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == runs_as
