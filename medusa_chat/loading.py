@@ -280,8 +280,8 @@ def _bnb_problem() -> str | None:
 def quant_problem(quant: str, device: str, architecture: str = "", engine: str = "auto") -> str | None:
     """Why ``quant`` (4bit/8bit) cannot run a model of ``architecture`` on ``device`` here, or None when it can.
 
-    On a CPU 4/8-bit runs on the lean decoder, which takes the Llama family (an unknown architecture,
-    "", is left to the load); on a GPU it needs bitsandbytes with CUDA support.
+    On a CPU 4/8-bit runs on the lean decoder, which takes the Llama family (``lean.SUPPORTED``; an unknown
+    architecture, "", is left to the load); on a GPU it needs bitsandbytes with CUDA support.
     """
     if quant in ("none", "auto"):
         return None
@@ -291,7 +291,7 @@ def quant_problem(quant: str, device: str, architecture: str = "", engine: str =
         if engine == "transformers":
             return "on a CPU 4/8-bit runs on the lean decoder, not transformers"
         if architecture and architecture not in SUPPORTED:
-            takes = " and ".join(SUPPORTED)
+            takes = ", ".join(SUPPORTED)
             return f"on a CPU 4/8-bit runs on the lean decoder, which takes {takes} models, not {architecture}"
         return None
     if (bnb := _bnb_problem()) is not None:

@@ -1,4 +1,4 @@
-"""The lean decoder against transformers' LlamaForCausalLM, and batched greedy decoding."""
+"""The lean decoder against transformers' Llama, Mistral and Qwen2 models, and batched greedy decoding."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _lean(model, dtype=torch.float32, quant=None):
     return from_state_dict(model.config, model.state_dict(), dtype, quant)
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
 def test_logits_match_transformers_prefill_steps_and_tree(arch):
     model = tiny_model(arch, dtype=torch.float32, num_attention_heads=4, num_key_value_heads=2)
     lean = _lean(model)
@@ -96,9 +96,13 @@ def test_row_plan_slices_chains_and_appends_ancestors():
 
 
 def test_unsupported_architecture_is_refused():
-    model = tiny_model("qwen2", dtype=torch.float32)
-    with pytest.raises(UnsupportedModel, match="qwen2"):
-        _lean(model)
+    from transformers import GPT2Config
+
+    with pytest.raises(UnsupportedModel, match="gpt2"):
+        from_state_dict(GPT2Config(n_layer=1), {}, torch.float32)
+    sliding = tiny_model("qwen2", dtype=torch.float32, use_sliding_window=True, sliding_window=8)
+    with pytest.raises(UnsupportedModel, match="sliding-window"):
+        _lean(sliding)
 
 
 def test_int4_kernel_computes_its_dequantised_weight():

@@ -255,6 +255,8 @@ def load_gguf(
     path = Path(path)
     reader = _Reader(path, dtype, note)
     spec = LlamaSpec.from_config(config)
+    if spec.qkv_bias:  # llama.cpp stores Qwen2's q/k rows unpermuted, with biases: not read here
+        raise GGUFError(f"{path}: only Llama and Mistral GGUF files are read directly; load a Qwen2 checkpoint instead")
     try:
         return _build(reader, spec, dtype, config)
     except (ValueError, RuntimeError) as exc:  # short reads, wrong shapes

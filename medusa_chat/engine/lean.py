@@ -1,4 +1,4 @@
-"""A lean decoder for the Llama family on CPUs, in the style of gpt-fast.
+"""A lean decoder for the Llama family (Llama, Mistral, Qwen2) on CPUs, in the style of gpt-fast.
 
 Plain tensors and functions instead of transformers' modules: fused q/k/v and gate/up weights,
 RoPE from a precomputed table, a preallocated KV cache that grows in chunks, SDPA with
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .quant import Dense, Linear, Rows, make_linear
 
 CACHE_CHUNK = 256  # cache positions added at a time
-SUPPORTED = ("llama", "mistral")
+SUPPORTED = ("llama", "mistral", "qwen2")  # Qwen2 is Llama with biases on q, k and v
 
 
 class UnsupportedModel(ValueError):
@@ -43,6 +43,7 @@ class LlamaSpec:
     rope_theta: float
     rms_eps: float
     max_positions: int
+    qkv_bias: bool = False
 
     @classmethod
     def from_config(cls, config) -> LlamaSpec:
@@ -54,7 +55,9 @@ class LlamaSpec:
         if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
             raise UnsupportedModel(f"the lean decoder has no {rope.get('rope_type')!r} RoPE scaling")
         if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
-            raise UnsupportedModel("the lean decoder has no attention or MLP biases")
+            raise UnsupportedModel("the lean decoder has no output-projection or MLP biases")
+        if getattr(config, "use_sliding_window", False):
+            raise UnsupportedModel("the lean decoder has no sliding-window attention")
         if getattr(config, "hidden_act", "silu") != "silu":
             raise UnsupportedModel(f"the lean decoder has no {config.hidden_act!r} activation")
         heads = config.num_attention_heads
@@ -70,6 +73,7 @@ class LlamaSpec:
             rope_theta=float(theta),
             rms_eps=float(config.rms_norm_eps),
             max_positions=int(config.max_position_embeddings),
+            qkv_bias=model_type == "qwen2",
         )
 
 
@@ -81,6 +85,7 @@ class Layer:
     mlp_norm: torch.Tensor  # [H]
     w13: Linear  # H -> 2 I (gate, up)
     w2: Linear  # I -> H
+    bqkv: torch.Tensor | None = None  # [(heads + 2 kv_heads) * D] q/k/v biases (Qwen2)
 
 
 class KVCache:
@@ -249,7 +254,8 @@ class LeanLlama:
         batch, q, _ = x.shape
         heads_dim = s.num_heads * s.head_dim
         h = _rms_norm(x, layer.attn_norm, s.rms_eps)
-        qkv = layer.wqkv(h).view(batch, q, s.num_heads + 2 * s.num_kv_heads, s.head_dim)
+        qkv = layer.wqkv(h) if layer.bqkv is None else layer.wqkv(h) + layer.bqkv
+        qkv = qkv.view(batch, q, s.num_heads + 2 * s.num_kv_heads, s.head_dim)
         qk = _apply_rope(qkv[:, :, : s.num_heads + s.num_kv_heads], cos, sin)  # queries and keys at once
         xq, xk, xv = qk[:, :, : s.num_heads], qk[:, :, s.num_heads :], qkv[:, :, s.num_heads + s.num_kv_heads :]
         self.cache.k[i, :, :, start:end] = xk.transpose(1, 2)  # [B, kv, q, D], to fp32
@@ -344,7 +350,7 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) ->
 
 
 def from_state_dict(config, state: dict[str, torch.Tensor], dtype: torch.dtype, quant: str | None = None) -> LeanLlama:
-    """A lean decoder from a transformers Llama/Mistral state dict (``model.layers.N...`` names).
+    """A lean decoder from a transformers Llama/Mistral/Qwen2 state dict (``model.layers.N...`` names).
 
     ``quant``: ``None`` keeps the weights dense in ``dtype``; ``"int4"`` quantises every linear layer
     (groups of 32; activations stay in ``dtype``).
@@ -368,6 +374,7 @@ def from_state_dict(config, state: dict[str, torch.Tensor], dtype: torch.dtype, 
                 mlp_norm=w(p + "post_attention_layernorm.weight").to(dtype),
                 w13=linear(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
                 w2=linear(p + "mlp.down_proj.weight"),
+                bqkv=torch.cat([w(p + f"self_attn.{n}_proj.bias") for n in "qkv"]).to(dtype) if spec.qkv_bias else None,
             )
         )
     embed = w("model.embed_tokens.weight")
