@@ -50,18 +50,12 @@ def unpack_q4_1(raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return _nibbles(blocks[..., 4:]), _f16(blocks[..., :2]).squeeze(-1), _f16(blocks[..., 2:4]).squeeze(-1)
 
 
-def q8_0_parts(raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q8_0 rows [N, blocks * 34] -> (q [N, K] int8, d [N, blocks] fp16) with w = d * q."""
-    blocks = raw.reshape(raw.shape[0], -1, 34)
-    d = torch.from_numpy(np.ascontiguousarray(blocks[..., :2]).view(np.float16)).squeeze(-1)
-    q = torch.from_numpy(np.ascontiguousarray(blocks[..., 2:]).view(np.int8)).reshape(raw.shape[0], -1)
-    return q, d
-
-
 def unpack_q8_0(raw: np.ndarray) -> torch.Tensor:
-    """Q8_0 rows [N, blocks * 34] -> dense fp32 [N, K] (w = d * q)."""
-    q, d = q8_0_parts(raw)
-    return (d.float()[..., None] * q.float().unflatten(-1, (-1, GROUP))).flatten(-2)
+    """Q8_0 rows [N, blocks * 34] -> dense fp32 [N, K] (w = d * q, an fp16 scale d per block of 32 int8 q)."""
+    blocks = raw.reshape(raw.shape[0], -1, 34)
+    d = _f16(blocks[..., :2])  # [N, blocks, 1]
+    q = torch.from_numpy(np.ascontiguousarray(blocks[..., 2:]).view(np.int8)).float()  # [N, blocks, 32]
+    return (d * q).flatten(-2)
 
 
 class Q8Table:
