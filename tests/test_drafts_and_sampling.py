@@ -147,4 +147,4 @@ def test_fallback_keeps_greedy_output_and_reports_it(model):
     stats = events[-1]
     assert stats.token_ids == plain.token_ids
     assert stats.fallback_steps > 20
-    assert any(e.fallback for e in events[:-1]) and gen.plain_rate is not None
+    assert any(e.fallback for e in events[:-1])

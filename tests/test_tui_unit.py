@@ -48,6 +48,16 @@ def test_gauges_maths():
     restored = Gauges.from_dict(g.as_dict())
     assert restored.tokens_per_s == pytest.approx(100.0) and list(restored.recent) == [1, 3, 2]
     assert Gauges().speedup is None
+    # A stall of the machine in one step slows the answer's tokens/s, not its speedup: both sides are medians.
+    stalled = Gauges(baseline_tps=50.0)
+    for n, t in ((2, 0.02), (2, 0.02), (2, 1.0), (2, 0.02)):
+        stalled.add(event(n, [False, True], t))
+    assert stalled.tokens_per_s == pytest.approx(8 / 1.06) and stalled.speedup == pytest.approx(2.0)
+    # Plain steps inside a Medusa answer (fallback probes) cost what plain steps cost: 1/50 s each.
+    for _ in range(4):
+        stalled.add(StepEvent([0], "x", 1, 1, 0.5, [False]))
+    assert stalled.speedup == pytest.approx(12 / (4 * 0.02 + 4 / 50.0) / 50.0)
+    assert Gauges.from_dict(stalled.as_dict()).speedup == pytest.approx(stalled.speedup, rel=1e-3)
     assert sparkline([1, 1, 4]) == "▁▁█" and sparkline([]) == ""
 
 

@@ -70,8 +70,9 @@ class _Pace:
     step of each run is not timed: a plain one only picks a token, and a Medusa one also feeds the token
     the last plain step left pending.
 
-    ``plain_rate`` (from an earlier answer or calibration) is only a prior: when Medusa beats it the
-    first probe is put off one stretch; plain is never preferred before it is measured in this answer.
+    Every answer measures plain decoding itself, right after its first ``PROBE`` Medusa steps: a plain
+    speed from an earlier answer or from calibration was measured at another context length (and another
+    load on the machine), so neither the choice nor the app's speedup gauge rests on it.
     """
 
     WINDOW = 16  # latest timed steps of a run whose median is used
@@ -80,8 +81,7 @@ class _Pace:
     STAY = 32  # steps of the preferred mode before the other one is tried again ...
     MAX_STAY = 512  # ... doubling each time the preferred mode is confirmed, up to this
 
-    def __init__(self, plain_rate: float | None = None) -> None:
-        self.prior = plain_rate
+    def __init__(self) -> None:
         self.preferred = "medusa"
         self.mode = "medusa"
         self.left = self.PROBE  # steps before the next decision
@@ -137,11 +137,7 @@ class _Pace:
             self._run(kept, min(round(self.stay * gap), self.MAX_STAY))
             self.stay = min(2 * self.stay, self.MAX_STAY)
         else:  # the end of a stretch of the preferred mode: try the other one
-            prior, self.prior = self.prior, None
-            if self.mode == "medusa" and prior is not None and mine > prior:
-                self._run("medusa", self.stay)  # Medusa beats the plain speed known so far: probe a stretch later
-            else:
-                self._run(other, self.PROBE)
+            self._run(other, self.PROBE)
 
     def _run(self, mode: str, steps: int) -> None:
         self.mode, self.left = mode, steps
@@ -173,7 +169,6 @@ class Generator:
         self.max_context = max_context or _context_window(self.decoder.config)
         self.eos_ids = eos_ids if eos_ids is not None else _eos_ids(self.decoder, tokenizer)
         self._cached_ids: list[int] = []
-        self.plain_rate: float | None = None  # measured plain tokens/s (calibration or fallback probes)
         self.profile: StepProfile | None = None  # set to time each step's sections (bench --profile)
         self.step_costs: dict[int, float] = {}  # measured step cost by slots, relative to plain (calibration)
         self.tree_tokens = 1.0  # the tree's expected tokens per step (calibration's prediction)
@@ -272,7 +267,7 @@ class Generator:
         if config.acceptance not in ACCEPTANCE_MODES:
             raise ValueError(f"acceptance must be one of {', '.join(ACCEPTANCE_MODES)}, not {config.acceptance!r}")
         use_medusa = config.medusa and ((self.heads is not None and self.tree.size > 1) or config.prompt_lookup > 0)
-        pace = _Pace(self.plain_rate) if use_medusa and config.auto_fallback else None
+        pace = _Pace() if use_medusa and config.auto_fallback else None
         fallback_steps = 0
         rng = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         text = TextStream(self.tokenizer, config.stop_strings)
@@ -327,8 +322,6 @@ class Generator:
         except BaseException:  # an error inside a step may leave the cache half-updated: start afresh next time
             self.reset()
             raise
-        if pace and pace.plain_rate is not None:
-            self.plain_rate = pace.plain_rate
         tail = text.flush()
         if tail:
             yield StepEvent([], tail, 0, 0, 0.0, [])

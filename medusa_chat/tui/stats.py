@@ -35,7 +35,8 @@ class Gauges:
 
     The speedup compares like with like where it can: ``plain_tps`` is the median speed of this answer's
     own plain steps (the automatic fallback's probes, at this context length); until there are enough,
-    ``baseline_tps`` (the session's latest plain measurement) stands in and the speedup carries a note.
+    ``baseline_tps`` (the session's latest plain measurement) stands in and the speedup carries a note. Both
+    sides are costed alike, by medians (:attr:`steady_tps`): a stall of the machine in one step moves neither.
     """
 
     medusa: bool = True
@@ -51,6 +52,9 @@ class Gauges:
     fallback_steps: int = 0
     plain_tps: float | None = None  # this answer's own plain speed (median over its timed plain steps)
     plain_times: deque[float] = field(default_factory=lambda: deque(maxlen=PLAIN_WINDOW), init=False, repr=False)
+    medusa_times: list[float] = field(default_factory=list, init=False, repr=False)  # this answer's Medusa steps
+    plain_steps: int = field(default=0, init=False, repr=False)  # plain steps inside a Medusa answer (fallback)
+    stored_steady_tps: float | None = field(default=None, init=False, repr=False)  # from a saved answer
     _plain_run: bool = field(default=False, init=False, repr=False)  # the latest step was a plain one
 
     def add(self, event: StepEvent) -> None:
@@ -63,6 +67,10 @@ class Gauges:
             if len(self.plain_times) >= MIN_PLAIN_STEPS:
                 self.plain_tps = 1.0 / statistics.median(self.plain_times)
         self._plain_run = plain
+        if plain:
+            self.plain_steps += 1
+        elif event.step_time > 0:
+            self.medusa_times.append(event.step_time)
         self.fallback = event.fallback
         self.fallback_steps += bool(event.fallback)
         self.steps += 1
@@ -103,11 +111,23 @@ class Gauges:
         return self.plain_tps or self.baseline_tps
 
     @property
+    def steady_tps(self) -> float:
+        """Tokens/s with each step costed at its mode's median in this answer (a plain one at the plain speed the
+        speedup divides by): the answer's speed without the rare stalls (a busy UI thread, another process) that
+        a median plain speed never sees. ``tokens_per_s`` until Medusa steps are timed."""
+        if self.stored_steady_tps is not None:
+            return self.stored_steady_tps
+        if not self.medusa_times or not self.baseline:
+            return self.tokens_per_s
+        seconds = len(self.medusa_times) * statistics.median(self.medusa_times) + self.plain_steps / self.baseline
+        return self.tokens / seconds
+
+    @property
     def raw_speedup(self) -> float | None:
-        """This answer's tokens/s over the measured plain tokens/s; None for plain answers."""
+        """This answer's steady tokens/s over the measured plain tokens/s; None for plain answers."""
         if self.mode in ("plain", "fallback") or not self.baseline or self.tokens_per_s <= 0:
             return None
-        return self.tokens_per_s / self.baseline
+        return self.steady_tps / self.baseline
 
     @property
     def speedup_note(self) -> str | None:
@@ -143,6 +163,7 @@ class Gauges:
             out["fallback_steps"] = self.fallback_steps
         if self.speedup is not None:
             out["speedup"] = round(self.speedup, 4)
+            out["steady_tps"] = round(self.steady_tps, 3)
         if self.baseline_tps:
             out["baseline_tps"] = round(self.baseline_tps, 3)
         if self.plain_tps:
@@ -172,12 +193,14 @@ class Gauges:
             g.decode_time = float(data["decode_time"])
         else:
             g.decode_time = g.tokens / tps if tps > 0 else 0.0
+        if data.get("steady_tps"):
+            g.stored_steady_tps = float(data["steady_tps"])
         if data.get("plain_tps"):
             g.plain_tps = float(data["plain_tps"])
         if data.get("baseline_tps"):
             g.baseline_tps = float(data["baseline_tps"])
         elif data.get("speedup") and tps > 0:
-            g.baseline_tps = tps / float(data["speedup"])
+            g.baseline_tps = g.steady_tps / float(data["speedup"])
         return g
 
 
