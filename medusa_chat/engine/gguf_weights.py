@@ -17,10 +17,9 @@ import numpy as np
 import torch
 
 from .lean import Layer, LeanLlama, LlamaSpec
-from .quant import GROUP, Dense, Int4, Linear, Rows
+from .quant import GROUP, ROWS_AT_A_TIME, Dense, Int4, Linear, Rows, quantize_int4
 
 Q4_0, Q4_1, Q8_0 = "Q4_0", "Q4_1", "Q8_0"
-BLOCK_ROWS = 1024  # rows of a large matrix (the embedding) converted at a time: bounds the peak memory
 
 
 class GGUFError(ValueError):
@@ -212,29 +211,23 @@ class _Reader:
 
     def table(self, name: str, dtype: torch.dtype) -> Rows:
         """An embedding table: Q8_0 left in the file (:class:`Q8Table`), any other type dense in ``dtype``, read
-        :data:`BLOCK_ROWS` rows at a time."""
+        :data:`~.quant.ROWS_AT_A_TIME` rows at a time."""
         t = self._tensor(name)
         if t.kind.name == Q8_0:
             self._data(name, slice(t.rows - 1, None))  # the bounds check: a truncated file fails here, not on lookup
             blocks = np.memmap(self.path, dtype=np.uint8, mode="r", offset=t.offset, shape=(t.rows, t.row_bytes))
             return Q8Table(blocks, dtype)
         dense = torch.empty(t.rows, t.dims[0], dtype=dtype)
-        for start in range(0, t.rows, BLOCK_ROWS):
-            dense[start : start + BLOCK_ROWS] = self.dense(name, slice(start, start + BLOCK_ROWS))
+        for start in range(0, t.rows, ROWS_AT_A_TIME):
+            dense[start : start + ROWS_AT_A_TIME] = self.dense(name, slice(start, start + ROWS_AT_A_TIME))
         return Dense(dense)
 
     def int4_in_blocks(self, name: str) -> Int4:
-        """A large matrix as int4, quantised :data:`BLOCK_ROWS` rows at a time (no whole fp32 copy ever exists)."""
-        from .quant import quantize_int4
-
-        n = self.rows(name)
-        blocks = (self.dense(name, slice(start, start + BLOCK_ROWS)) for start in range(0, n, BLOCK_ROWS))
-        return Int4.stack_rows((Int4(*quantize_int4(block), dtype=self.dtype) for block in blocks), n)
+        """A large matrix as int4, read and quantised a block of rows at a time (no whole fp32 copy ever exists)."""
+        return Int4.quantized(lambda rows: self.dense(name, rows), self.rows(name), self.dtype)
 
     def int4_parts(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(q, scale, zero) for the int4 kernel: exact for Q4_0/Q4_1, requantised from dense otherwise."""
-        from .quant import quantize_int4
-
         kind = self._tensor(name).kind.name
         if kind in (Q4_0, Q4_1):
             q, d, m = (unpack_q4_0 if kind == Q4_0 else unpack_q4_1)(self._data(name))

@@ -8,7 +8,7 @@ the same way (min/max per group).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import torch
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 GROUP = 32
 INNER_K_TILES = 2
-ROWS_AT_A_TIME = 1024  # rows (de)quantised at once by Int4.rows and make_linear (a multiple of 64)
+ROWS_AT_A_TIME = 1024  # rows of a large matrix (de)quantised or read at once: bounds the peak memory (a multiple of 64)
 
 
 class Linear(Protocol):
@@ -59,6 +59,13 @@ class Int4:
         self.scales_zeros = torch.stack([scale.t(), zero.t()], dim=-1).to(dtype).contiguous()
         self.out_features = n
         self.in_features = k
+
+    @classmethod
+    def quantized(cls, rows: Callable[[slice], torch.Tensor], out_features: int, dtype: torch.dtype) -> Int4:
+        """A matrix of ``out_features`` rows quantised :data:`ROWS_AT_A_TIME` rows at a time, ``rows(slice)`` giving
+        each block dense: the fp32 temporaries of a large matrix never exist whole."""
+        blocks = (rows(slice(i, i + ROWS_AT_A_TIME)) for i in range(0, out_features, ROWS_AT_A_TIME))
+        return cls.stack_rows((cls(*quantize_int4(block), dtype=dtype) for block in blocks), out_features)
 
     @classmethod
     def stack_rows(cls, parts: Iterable[Int4], out_features: int) -> Int4:
@@ -145,9 +152,8 @@ def make_linear(weight: torch.Tensor, dtype: torch.dtype, quant: str | None = No
     """A dense layer in ``dtype``, or int4/int8 weight-only (``quant``) with activations in ``dtype``."""
     if quant is None:
         return Dense(weight.to(dtype))
-    if quant == "int4":  # a block of rows at a time: the fp32 temporaries of a large matrix never exist whole
-        n, step = weight.shape[0], ROWS_AT_A_TIME
-        return Int4.stack_rows((Int4(*quantize_int4(weight[i : i + step]), dtype=dtype) for i in range(0, n, step)), n)
+    if quant == "int4":
+        return Int4.quantized(weight.__getitem__, weight.shape[0], dtype)
     if quant == "int8":
         return Int8(weight, dtype)
     raise ValueError(f"unknown quantisation {quant!r}: use int4, int8 or none")
