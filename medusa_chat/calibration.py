@@ -26,7 +26,7 @@ from .paths import data_dir
 
 SIZES = (2, 3, 4, 6, 8, 12, 16)
 MIN_GAIN = 1.05
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 CALIBRATION_NAME = "calibrated"
 
 CostMeasure = Callable[[Sequence[int], Sequence[Sequence[int]]], Mapping[int, float]]

@@ -21,6 +21,7 @@ import gc
 import math
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,24 @@ from .progress import Progress, stage
 from .quiet import quiet_transformers
 from .trees import AUTO, TUNED, TreeChoice, resolve_tree
 
-CALIBRATION_PROMPT = "Write a short paragraph about the sea."
+CALIBRATION_CHAT = (
+    {"role": "user", "content": "Write a short paragraph about the sea."},
+    {
+        "role": "assistant",
+        "content": (
+            "The sea covers more than two thirds of the Earth and holds most of its water. It shapes the weather, "
+            "stores heat from the sun and carries it around the globe in slow currents, warming some coasts and "
+            "cooling others. Tides rise and fall twice a day as the Moon pulls on the water, and waves carry the "
+            "energy of distant storms across whole oceans before they break on a beach. Beneath the surface lies a "
+            "world of its own: kelp forests, coral reefs and open water where fish, whales and tiny plankton live, "
+            "and deep trenches where no sunlight ever reaches. People have fished, traded and explored on the sea "
+            "for thousands of years, and today it feeds billions, moves most of the world's goods and still keeps "
+            "many of its secrets."
+        ),
+    },
+    {"role": "user", "content": "Now write a short paragraph about mountains."},
+)
+"""A conversation of typical length (about 250 tokens): step costs and plain speed depend on the cache length."""
 _HEAD_KEY_PREFIXES = ("medusa_head.", "blocks.", "lm_heads.")
 
 
@@ -98,7 +116,7 @@ class LoadedModel:
         """Plain greedy decoding speed (tokens/s) on a short fixed prompt: the speedup gauge's baseline."""
         from .engine.generator import GenerationConfig
 
-        ids = self.chat_ids([{"role": "user", "content": CALIBRATION_PROMPT}])
+        ids = calibration_ids(self.chat_ids, self.generator.max_context)
         stats = self.generator.generate(ids, GenerationConfig(max_new_tokens=tokens, medusa=False))
         self.generator.reset()
         return stats.tokens_per_s
@@ -540,8 +558,13 @@ def _assemble(
     generator = Generator(decoder, tokenizer, medusa)
     automatic = None  # the tree auto and an untuned "tuned" use: calibrated here, or the preset default
     if medusa is not None:
-        where = {"model": spec.name, "device": device, "dtype": dtype_name, "num_heads": medusa.num_heads,
-                 "default": spec.default_tree}
+        where = {
+            "model": spec.name,
+            "device": device,
+            "dtype": dtype_name,
+            "num_heads": medusa.num_heads,
+            "default": spec.default_tree,
+        }
         chosen = resolve_tree(tree, **where)
         generator.set_tree(chosen.choices, name=chosen.name)
         if tree in (None, AUTO, TUNED) and chosen.name != TUNED:
@@ -550,8 +573,11 @@ def _assemble(
                 key = calibration.cache_key(spec.name, heads_path, device, dtype_name, quant, decoder.engine)
                 result = calibration.load_cached(key) or _calibrate(generator, tokenizer, heads_path, key, report)
                 automatic = TreeChoice(result.choices, result.name)
-                report(f"tree {result.name}: measured on this machine, predicted {result.predicted_speedup:.2f}x plain"
-                       if result.choices else "plain decoding: no tree is measured faster on this machine")
+                report(
+                    f"tree {result.name}: measured on this machine, predicted {result.predicted_speedup:.2f}x plain"
+                    if result.choices
+                    else "plain decoding: no tree is measured faster on this machine"
+                )
                 chosen = resolve_tree(tree, **where, automatic=automatic)  # a tuned fallback's note names it
                 generator.set_tree(chosen.choices, name=chosen.name)
                 if chosen.choices == result.choices:  # its measured costs size the prompt-lookup drafts
@@ -581,10 +607,23 @@ def _calibrate(generator, tokenizer, heads_path: Path, key: dict, report):
     """First load on this machine: pick the tree by measurement (see :mod:`medusa_chat.calibration`)."""
     from .engine.heads_io import read_heads_config
 
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": CALIBRATION_PROMPT}], add_generation_prompt=True)
-    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    def render(messages: list[dict]) -> list[int]:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    ids = calibration_ids(render, generator.max_context)
     rates = calibration.rates_from_config(read_heads_config(heads_path)) or _measured_rates(generator, ids)
     return calibration.calibrate(generator, ids, rates, key, progress=report)
+
+
+def calibration_ids(render: Callable[[list[dict]], list[int]], max_context: int) -> list[int]:
+    """:data:`CALIBRATION_CHAT` rendered to prompt ids; only its first question when the whole would crowd the
+    model's context."""
+    for messages in (CALIBRATION_CHAT, CALIBRATION_CHAT[:1]):
+        ids = render(list(messages))
+        if len(ids) <= max_context // 2:
+            break
+    return ids
 
 
 def _measured_rates(generator, ids: list[int]) -> list[list[float]]:
@@ -598,7 +637,14 @@ def _measured_rates(generator, ids: list[int]) -> list[list[float]]:
 
 
 def _load_decoder(
-    path: Path, device: str, dtype_name: str, quant: str, engine: str, gguf: bool, notes: list[str], report,
+    path: Path,
+    device: str,
+    dtype_name: str,
+    quant: str,
+    engine: str,
+    gguf: bool,
+    notes: list[str],
+    report,
     step=lambda _done: None,
 ):
     """(decoder, tokenizer): the lean decoder on a CPU when it takes the model (and CPU 4/8-bit), else transformers.
@@ -630,8 +676,9 @@ def _load_decoder(
         step(2)
         return TransformersDecoder(base), tokenizer
     try:
-        decoder = from_state_dict(base.config, base.state_dict(), dtype, {"none": None, "4bit": "int4",
-                                                                           "8bit": "int8"}[quant])
+        decoder = from_state_dict(
+            base.config, base.state_dict(), dtype, {"none": None, "4bit": "int4", "8bit": "int8"}[quant]
+        )
     except UnsupportedModel as exc:
         if quant != "none" or engine == "lean":
             raise LoadError(f"{exc}: on a CPU use --quant none --engine transformers") from exc

@@ -31,3 +31,21 @@ def test_greedy_medusa_equals_plain_on_the_4bit_decoder(int4):
         steps += answers[True].steps
         tokens += answers[True].new_tokens
     assert tokens / steps > 1.3  # the heads' proposals were accepted, so trees were verified
+
+
+def test_calibration_measures_step_costs_at_a_typical_cache_length(int4, monkeypatch):
+    """Step costs depend on the cache length: a tree row adds a fixed cost, a plain step grows with the cache;
+    calibrating on a bare short prompt overstated tree costs and kept plain decoding where a tree pays."""
+    from medusa_chat import calibration, loading
+
+    measured: list[int] = []
+
+    def measure(generator, sizes, prompt_ids, **_kwargs):
+        measured.append(len(prompt_ids))
+        return dict.fromkeys(sizes, 1.0)
+
+    monkeypatch.setattr("medusa_chat.tuning.measure_step_costs", measure)
+    monkeypatch.setattr(calibration, "save", lambda _result: None)
+    heads = int4.spec.heads_dir()
+    loading._calibrate(int4.generator, int4.tokenizer, heads, {"test": True}, lambda _m: None)
+    assert measured and 200 <= measured[0] <= 400
