@@ -61,6 +61,31 @@ def test_gauges_maths():
     assert sparkline([1, 1, 4]) == "▁▁█" and sparkline([]) == ""
 
 
+def test_the_speedup_compares_steps_timed_side_by_side():
+    """The machine slows down twice over after the answer's plain probe: Medusa steps still cost twice a plain
+    one, so 3 tokens a step is 1.5x; dividing the later steps' median by the earlier plain speed would say 0.75x."""
+    g = Gauges(baseline_tps=100.0)
+
+    def plain(t):
+        g.add(StepEvent([0], "x", 1, 1, t, [False], fallback=True))
+
+    for t in [0.02] * 10:
+        g.add(event(3, [False, True, True], t))
+    for t in [0.01] * 7:
+        plain(t)
+    for t in [0.02] * 20 + [0.04] * 60:
+        g.add(event(3, [False, True, True], t))
+    assert g.plain_tps == pytest.approx(100.0) and g.step_ratio == pytest.approx(2.0)
+    assert g.speedup == pytest.approx((90 * 3 + 7) / (90 * 2 + 7))
+    assert Gauges.from_dict(g.as_dict()).speedup == pytest.approx(g.speedup, rel=1e-3)
+    # A probe too short to time (fewer than MIN_PLAIN_STEPS plain steps) gives no ratio: medians over the answer.
+    short = Gauges(baseline_tps=100.0)
+    for t in [0.02] * 8:
+        short.add(event(2, [False, True], t))
+    short.add(StepEvent([0], "x", 1, 1, 0.01, [False]))
+    assert short.step_ratio is None and short.speedup == pytest.approx(17 / (8 * 0.02 + 1 / 100.0) / 100.0)
+
+
 def test_token_segments_fallback_and_plain():
     assert token_segments(None, event(1, [False])) == [("x", False)]
     assert token_segments(None, event(3, [False, True, True])) == [("xxx", True)]

@@ -33,10 +33,11 @@ class Gauges:
     gauge bar and the answer's line agree. A step that emits no token (the text flushed at the end) is
     not a step. ``medusa`` is what the engine actually did once the answer ends (no heads: plain).
 
-    The speedup compares like with like where it can: ``plain_tps`` is the median speed of this answer's
-    own plain steps (the automatic fallback's probes, at this context length); until there are enough,
-    ``baseline_tps`` (the session's latest plain measurement) stands in and the speedup carries a note. Both
-    sides are costed alike, by medians (:attr:`steady_tps`): a stall of the machine in one step moves neither.
+    The speedup compares like with like where it can: a Medusa step's cost relative to a plain one
+    (:attr:`step_ratio`) comes from this answer's own plain steps (the automatic fallback's probes) and the
+    Medusa steps timed right around them, at the same context length and under the same load on the machine.
+    Until the answer has such a probe, ``baseline_tps`` (the session's latest plain measurement) stands in and
+    the speedup carries a note. Both sides are costed by medians: a stall of the machine in one step moves neither.
     """
 
     medusa: bool = True
@@ -53,6 +54,7 @@ class Gauges:
     plain_tps: float | None = None  # this answer's own plain speed (median over its timed plain steps)
     plain_times: deque[float] = field(default_factory=lambda: deque(maxlen=PLAIN_WINDOW), init=False, repr=False)
     medusa_times: list[float] = field(default_factory=list, init=False, repr=False)  # this answer's Medusa steps
+    timed: list[tuple[bool, float]] = field(default_factory=list, init=False, repr=False)  # (plain, s) in order
     plain_steps: int = field(default=0, init=False, repr=False)  # plain steps inside a Medusa answer (fallback)
     stored_steady_tps: float | None = field(default=None, init=False, repr=False)  # from a saved answer
     _plain_run: bool = field(default=False, init=False, repr=False)  # the latest step was a plain one
@@ -64,13 +66,16 @@ class Gauges:
         plain = event.tree_size == 1
         if plain and self._plain_run and event.step_time > 0:  # a run's first plain step only picks a token
             self.plain_times.append(event.step_time)
+            self.timed.append((True, event.step_time))
             if len(self.plain_times) >= MIN_PLAIN_STEPS:
                 self.plain_tps = 1.0 / statistics.median(self.plain_times)
-        self._plain_run = plain
         if plain:
             self.plain_steps += 1
         elif event.step_time > 0:
             self.medusa_times.append(event.step_time)
+            if not self._plain_run:  # the first Medusa step after plain ones also feeds their pending token
+                self.timed.append((False, event.step_time))
+        self._plain_run = plain
         self.fallback = event.fallback
         self.fallback_steps += bool(event.fallback)
         self.steps += 1
@@ -111,15 +116,41 @@ class Gauges:
         return self.plain_tps or self.baseline_tps
 
     @property
+    def step_ratio(self) -> float | None:
+        """A Medusa step's time over a plain step's, measured side by side: for each run of this answer's timed
+        plain steps, the median of the Medusa steps timed just before and after it (up to ``PLAIN_WINDOW`` each
+        side) over the run's median; the median over runs. None before a run has enough steps on both sides."""
+        ratios: list[float] = []
+        start = 0
+        while start < len(self.timed):
+            if not self.timed[start][0]:
+                start += 1
+                continue
+            stop = start
+            while stop < len(self.timed) and self.timed[stop][0]:
+                stop += 1
+            plain = [t for _, t in self.timed[start:stop]]
+            near = [t for p, t in self.timed[max(0, start - PLAIN_WINDOW) : stop + PLAIN_WINDOW] if not p]
+            if len(plain) >= MIN_PLAIN_STEPS and len(near) >= MIN_PLAIN_STEPS:
+                ratios.append(statistics.median(near) / statistics.median(plain))
+            start = stop
+        return statistics.median(ratios) if ratios else None
+
+    @property
     def steady_tps(self) -> float:
         """Tokens/s with each step costed at its mode's median in this answer (a plain one at the plain speed the
-        speedup divides by): the answer's speed without the rare stalls (a busy UI thread, another process) that
-        a median plain speed never sees. ``tokens_per_s`` until Medusa steps are timed."""
+        speedup divides by, a Medusa one at :attr:`step_ratio` times that where measured): the answer's speed
+        without the stalls (a busy UI thread, another process) that a median plain speed never sees.
+        ``tokens_per_s`` until Medusa steps are timed."""
         if self.stored_steady_tps is not None:
             return self.stored_steady_tps
         if not self.medusa_times or not self.baseline:
             return self.tokens_per_s
-        seconds = len(self.medusa_times) * statistics.median(self.medusa_times) + self.plain_steps / self.baseline
+        ratio = self.step_ratio
+        if ratio is not None:
+            seconds = ((self.steps - self.plain_steps) * ratio + self.plain_steps) / self.baseline
+        else:
+            seconds = len(self.medusa_times) * statistics.median(self.medusa_times) + self.plain_steps / self.baseline
         return self.tokens / seconds
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -45,6 +46,7 @@ class Job:
     done: bool = False
     queue: deque[tuple[StepEvent | GenerationStats, list[tuple[str, bool]]]] = field(default_factory=deque)
     wake_pending: bool = False
+    drawn_at: float = 0.0  # when the answer was last drawn (time.monotonic)
 
 
 @dataclass
@@ -98,6 +100,7 @@ class ChatScreen(Screen):
     """Transcript + gauges + prompt. All engine work happens in thread workers (group ``generate``)."""
 
     AUTO_FOCUS = "#prompt"
+    DRAW_INTERVAL = 0.1  # seconds between redraws of a streaming answer: drawing takes the CPU decoding needs
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "stop", "Stop", priority=True, id="generation.stop", tooltip="Stop the generation"),
@@ -300,10 +303,15 @@ class ChatScreen(Screen):
         job = self.job
         if job is None or job.id != message.job_id:
             return
-        await self._drain(job)
+        wait = job.drawn_at + self.DRAW_INTERVAL - time.monotonic()
+        if wait > 0:  # drawn moments ago: draw what arrives meanwhile in one go, a little later
+            self.set_timer(wait, lambda: self._drain(job))
+        else:
+            await self._drain(job)
 
     async def _drain(self, job: Job) -> None:
         job.wake_pending = False
+        job.drawn_at = time.monotonic()
         events: list[StepEvent] = []
         segments: list[tuple[str, bool]] = []
         final: GenerationStats | None = None
