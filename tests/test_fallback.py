@@ -108,6 +108,14 @@ def test_every_answer_measures_plain_at_its_own_context_right_after_its_first_me
         assert pace.plain_rate == pytest.approx(100.0) and pace.falling_back == (medusa_lead < 1)
 
 
+def test_an_answer_that_starts_in_plain_probes_medusa_at_once_and_keeps_the_faster():
+    for medusa_lead, kept in ((1.3, "medusa"), (0.6, "plain")):
+        pace = _Pace("plain")
+        modes = drive(pace, 60, speeds(medusa_lead))
+        assert modes[: 2 * _Pace.PROBE] == ["plain"] * _Pace.PROBE + ["medusa"] * _Pace.PROBE
+        assert modes[2 * _Pace.PROBE] == kept and pace.falling_back == (kept == "plain")
+
+
 def test_steps_without_tokens_or_time_wait_for_enough_timed_steps():
     pace = _Pace()
     modes = drive(pace, 20, lambda mode, i: (0, 0.0) if i < 5 else speeds(1.3)(mode, i))
@@ -159,6 +167,23 @@ def test_fallback_both_ways_keeps_greedy_output(monkeypatch, model, lookup):
     assert fell_back and len(fell_back[1]) >= _Pace.STAY
     assert "F" not in kinds[fell_back.end() :]  # Medusa won its retry and stays
     assert stats.fallback_steps == kinds.count("F") == len(fell_back[1])
+
+
+def test_the_next_turn_starts_in_the_mode_the_last_answer_ended_preferring(monkeypatch, model):
+    """A conversation only grows, and with it the cost of a tree's rows: once plain decoding won, the next turn
+    starts in plain (probing Medusa at once); a new conversation starts with Medusa."""
+    gen = Generator(model, TOK, random_heads(model, seed=3), eos_ids=set())
+    scripted_clock(monkeypatch, gen, lambda k: 3 * PLAIN)  # Medusa is slower throughout
+    config = GenerationConfig(max_new_tokens=60, auto_fallback=True)
+
+    def first_step_kind(prompt):
+        events = [e for e in gen.stream(prompt, config) if isinstance(e, StepEvent) and e.accepted]
+        return "medusa" if events[0].tree_size > 1 else "plain"
+
+    turn = TOK("The quick brown fox")["input_ids"]
+    assert first_step_kind(turn) == "medusa" and gen._preferred == "plain"
+    assert first_step_kind(gen._cached_ids + TOK(" and then")["input_ids"]) == "plain"
+    assert first_step_kind(TOK("Another chat altogether, about the weather")["input_ids"]) == "medusa"
 
 
 def test_auto_fallback_output_equals_plain_greedy_on_the_machine(model):

@@ -70,9 +70,11 @@ class _Pace:
     step of each run is not timed: a plain one only picks a token, and a Medusa one also feeds the token
     the last plain step left pending.
 
-    Every answer measures plain decoding itself, right after its first ``PROBE`` Medusa steps: a plain
-    speed from an earlier answer or from calibration was measured at another context length (and another
-    load on the machine), so neither the choice nor the app's speedup gauge rests on it.
+    Every answer measures both modes itself, one right after the other's first ``PROBE`` steps: a speed
+    from an earlier answer or from calibration was measured at another context length (and another load on
+    the machine), so neither the choice nor the app's speedup gauge rests on it. An answer starts in the mode
+    the previous answer of the conversation ended preferring (``start``): a conversation only grows, and a
+    longer context costs a tree's rows more than a plain step, so once plain wins it tends to keep winning.
     """
 
     WINDOW = 16  # latest timed steps of a run whose median is used
@@ -81,9 +83,9 @@ class _Pace:
     STAY = 32  # steps of the preferred mode before the other one is tried again ...
     MAX_STAY = 512  # ... doubling each time the preferred mode is confirmed, up to this
 
-    def __init__(self) -> None:
-        self.preferred = "medusa"
-        self.mode = "medusa"
+    def __init__(self, start: str = "medusa") -> None:
+        self.preferred = start
+        self.mode = start
         self.left = self.PROBE  # steps before the next decision
         self.stay = self.STAY
         self._runs: dict[str, deque[tuple[int, float]]] = {m: deque(maxlen=self.WINDOW) for m in MODES}
@@ -169,6 +171,7 @@ class Generator:
         self.max_context = max_context or _context_window(self.decoder.config)
         self.eos_ids = eos_ids if eos_ids is not None else _eos_ids(self.decoder, tokenizer)
         self._cached_ids: list[int] = []
+        self._preferred = "medusa"  # the mode the automatic fallback preferred at the end of the latest answer
         self.profile: StepProfile | None = None  # set to time each step's sections (bench --profile)
         self.step_costs: dict[int, float] = {}  # measured step cost by slots, relative to plain (calibration)
         self.tree_tokens = 1.0  # the tree's expected tokens per step (calibration's prediction)
@@ -267,7 +270,8 @@ class Generator:
         if config.acceptance not in ACCEPTANCE_MODES:
             raise ValueError(f"acceptance must be one of {', '.join(ACCEPTANCE_MODES)}, not {config.acceptance!r}")
         use_medusa = config.medusa and ((self.heads is not None and self.tree.size > 1) or config.prompt_lookup > 0)
-        pace = _Pace() if use_medusa and config.auto_fallback else None
+        continues = 0 < len(self._cached_ids) <= 2 * _common_prefix(self._cached_ids, input_ids)  # the conversation
+        pace = _Pace(self._preferred if continues else "medusa") if use_medusa and config.auto_fallback else None
         fallback_steps = 0
         rng = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         text = TextStream(self.tokenizer, config.stop_strings)
@@ -322,6 +326,9 @@ class Generator:
         except BaseException:  # an error inside a step may leave the cache half-updated: start afresh next time
             self.reset()
             raise
+        finally:
+            if pace is not None:
+                self._preferred = pace.preferred
         tail = text.flush()
         if tail:
             yield StepEvent([], tail, 0, 0, 0.0, [])

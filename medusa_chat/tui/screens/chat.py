@@ -47,6 +47,7 @@ class Job:
     queue: deque[tuple[StepEvent | GenerationStats, list[tuple[str, bool]]]] = field(default_factory=deque)
     wake_pending: bool = False
     drawn_at: float = 0.0  # when the answer was last drawn (time.monotonic)
+    ui_cpu_at: float = 0.0  # the UI thread's CPU time then (time.thread_time)
 
 
 @dataclass
@@ -100,7 +101,9 @@ class ChatScreen(Screen):
     """Transcript + gauges + prompt. All engine work happens in thread workers (group ``generate``)."""
 
     AUTO_FOCUS = "#prompt"
-    DRAW_INTERVAL = 0.1  # seconds between redraws of a streaming answer: drawing takes the CPU decoding needs
+    DRAW_INTERVAL = 0.1  # seconds between redraws of a streaming answer, at least ...
+    DRAW_SHARE = 0.2  # ... and long enough that drawing (its layout grows with the transcript) takes at most
+    # this share of a core: every cycle drawing takes is one decoding does not get
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "stop", "Stop", priority=True, id="generation.stop", tooltip="Stop the generation"),
@@ -303,7 +306,8 @@ class ChatScreen(Screen):
         job = self.job
         if job is None or job.id != message.job_id:
             return
-        wait = job.drawn_at + self.DRAW_INTERVAL - time.monotonic()
+        drawing = time.thread_time() - job.ui_cpu_at  # what the UI thread spent since the last draw: drawing it
+        wait = job.drawn_at + max(self.DRAW_INTERVAL, drawing / self.DRAW_SHARE) - time.monotonic()
         if wait > 0:  # drawn moments ago: draw what arrives meanwhile in one go, a little later
             self.set_timer(wait, lambda: self._drain(job))
         else:
@@ -311,7 +315,7 @@ class ChatScreen(Screen):
 
     async def _drain(self, job: Job) -> None:
         job.wake_pending = False
-        job.drawn_at = time.monotonic()
+        job.drawn_at, job.ui_cpu_at = time.monotonic(), time.thread_time()
         events: list[StepEvent] = []
         segments: list[tuple[str, bool]] = []
         final: GenerationStats | None = None
