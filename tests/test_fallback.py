@@ -176,14 +176,19 @@ def test_the_next_turn_starts_in_the_mode_the_last_answer_ended_preferring(monke
     scripted_clock(monkeypatch, gen, lambda k: 3 * PLAIN)  # Medusa is slower throughout
     config = GenerationConfig(max_new_tokens=60, auto_fallback=True)
 
-    def first_step_kind(prompt):
+    def kinds(prompt):
         events = [e for e in gen.stream(prompt, config) if isinstance(e, StepEvent) and e.accepted]
-        return "medusa" if events[0].tree_size > 1 else "plain"
+        return "".join("M" if e.tree_size > 1 else "p" for e in events)
 
-    turn = TOK("The quick brown fox")["input_ids"]
-    assert first_step_kind(turn) == "medusa" and gen._preferred == "plain"
-    assert first_step_kind(gen._cached_ids + TOK(" and then")["input_ids"]) == "plain"
-    assert first_step_kind(TOK("Another chat altogether, about the weather")["input_ids"]) == "medusa"
+    first = kinds(TOK("The quick brown fox")["input_ids"])
+    assert first.startswith("M") and gen._pace_end[0] == "plain"
+    stay = gen._pace_end[1]
+    assert stay > _Pace.STAY  # plain was confirmed: its stretches grew
+    # The next turn: plain, one probe of Medusa at its own context, then plain for the stretch reached before.
+    second = kinds(gen._cached_ids + TOK(" and then")["input_ids"])
+    probe = "p" * _Pace.PROBE + "M" * _Pace.PROBE
+    assert second.startswith(probe) and "M" not in second[len(probe) :]
+    assert kinds(TOK("Another chat altogether, about the weather")["input_ids"]).startswith("M" * _Pace.PROBE + "p")
 
 
 def test_auto_fallback_output_equals_plain_greedy_on_the_machine(model):

@@ -134,7 +134,7 @@ class Gauges:
             if len(plain) >= MIN_PLAIN_STEPS and len(near) >= MIN_PLAIN_STEPS:
                 ratios.append(statistics.median(near) / statistics.median(plain))
             start = stop
-        return statistics.median(ratios) if ratios else None
+        return max(statistics.median(ratios), 1.0) if ratios else None  # a tree step does a plain one's work and more
 
     @property
     def steady_tps(self) -> float:
