@@ -118,7 +118,7 @@ def test_cache_after_medusa_steps_equals_plain_decoding(setups):
     stats = gen.generate(PROMPT, GenerationConfig(max_new_tokens=20))
     assert stats.mean_accepted > 1.5
     cached = gen.cached_ids
-    assert cached[: len(PROMPT)] == PROMPT and len(cached) >= len(PROMPT) + 20
+    assert cached == PROMPT + stats.token_ids[:-1]  # see the next test
     reference = Generator(model, TOK, eos_ids=set())
     reference.generate(cached, GenerationConfig(max_new_tokens=1, medusa=False))  # prefill = plain forward
     for ours, theirs in zip(gen.cache.layers, reference.cache.layers, strict=True):
@@ -126,6 +126,22 @@ def test_cache_after_medusa_steps_equals_plain_decoding(setups):
         assert n == len(cached)
         torch.testing.assert_close(ours.keys, theirs.keys[:, :, :n], atol=1e-10, rtol=0)
         torch.testing.assert_close(ours.values, theirs.values[:, :, :n], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("stop", ["eos", "max_new_tokens"])
+def test_the_cache_ends_at_the_same_place_whichever_mode_wrote_the_answer(setups, stop):
+    """The next turn's prefill recomputes from where the cache ends, in a batched pass that rounds differently
+    from steps: plain steps (which leave their last token pending) and tree steps (which cache every token they
+    accept, an end-of-sequence token too) must leave the same prefix cached, or toggling Medusa (or the automatic
+    fallback switching) changes the next answer of a conversation."""
+    model, fitted, _, reference = setups["llama"]
+    first_seen = [t for i, t in enumerate(reference) if 8 <= i < 20 and reference.index(t) == i]
+    eos = {first_seen[0]} if stop == "eos" else set()
+    for config in ({"medusa": False}, {}, {"prompt_lookup": 4}, {"auto_fallback": True}):
+        gen = Generator(model, TOK, fitted, tree="cpu_16", eos_ids=eos)
+        stats = gen.generate(PROMPT, GenerationConfig(max_new_tokens=24, **config))
+        assert stats.stop_reason == stop and stats.new_tokens >= 8
+        assert gen.cached_ids == PROMPT + stats.token_ids[:-1], config
 
 
 def test_next_turn_reuses_the_cached_prefix(setups):

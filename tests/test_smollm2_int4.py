@@ -49,3 +49,23 @@ def test_calibration_measures_step_costs_at_a_typical_cache_length(int4, monkeyp
     heads = int4.spec.heads_dir()
     loading._calibrate(int4.generator, int4.tokenizer, heads, {"test": True}, lambda _m: None)
     assert measured and 200 <= measured[0] <= 400
+
+
+def test_a_conversation_is_the_same_with_medusa_on_or_off(int4):
+    """Greedy, turn after turn, with the app's settings (prompt lookup, automatic fallback) against plain decoding:
+    every answer is the same, so toggling Medusa mid-conversation never changes what the model says."""
+    answers: dict[bool, list[list[int]]] = {}
+    saved = int4.generator.tree.choices, int4.generator.tree_name
+    int4.generator.set_tree([[0]], name="chain-1")  # the tree calibration picks on 2-core CPUs
+    for medusa in (False, True):
+        int4.generator.reset()
+        messages: list[dict] = []
+        answers[medusa] = []
+        for prompt in read_prompts(DEV_PROMPTS, 4):
+            messages.append({"role": "user", "content": prompt.text})
+            config = GenerationConfig.for_chat(max_new_tokens=512, medusa=medusa)
+            stats = int4.generator.generate(int4.chat_ids(messages), config)
+            messages.append({"role": "assistant", "content": stats.text})
+            answers[medusa].append(stats.token_ids)
+    int4.generator.set_tree([list(c) for c in saved[0]], name=saved[1])
+    assert answers[True] == answers[False]

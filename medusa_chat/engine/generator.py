@@ -324,10 +324,13 @@ class Generator:
                         stop_reason = "stop_string"
                         break
         except GeneratorExit:  # the consumer stopped reading: the cache is consistent at every yield
+            self._keep_answer(len(input_ids) + len(new_ids) - 1)
             raise
         except BaseException:  # an error inside a step may leave the cache half-updated: start afresh next time
             self.reset()
             raise
+        else:
+            self._keep_answer(len(input_ids) + len(new_ids) - 1)
         finally:
             if pace is not None:
                 self._pace_end = (pace.preferred, pace.stay)
@@ -349,6 +352,18 @@ class Generator:
         )
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def _keep_answer(self, length: int) -> None:
+        """Cache at most the first ``length`` tokens: the prompt and all but the last token emitted.
+
+        How far a step has cached depends on the mode (a plain step leaves its token pending, a tree step caches
+        every token it accepts, an end-of-sequence token too), and the next turn's prefill recomputes from
+        where the cache ends, in a batched pass that rounds differently from steps. Cutting every answer at the
+        same place keeps the next turn identical whichever mode wrote this one.
+        """
+        if len(self._cached_ids) > length:
+            self.decoder.truncate(length)
+            self._cached_ids = self._cached_ids[:length]
 
     def _prefill(self, input_ids: list[int]) -> tuple[int, _State]:
         """Bring the cache to ``input_ids``, reusing the longest common prefix; return (reused, state)."""
