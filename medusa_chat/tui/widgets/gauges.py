@@ -125,9 +125,12 @@ class GaugeBar(Widget):
         self.tooltip = GAUGE_HELP
 
     def show(self, gauges: Gauges | None, medusa: bool, baseline: float | None, *, measuring: bool = False) -> None:
+        width = self.content_region.width or self.size.width
+        lines = len(self._lines(width)[1])
         self._args = (gauges, medusa, baseline, measuring)
         self.parts = gauge_parts(gauges, medusa, baseline, measuring=measuring)
-        self.refresh(layout=True)
+        # A new layout of the screen costs more the longer the transcript: only when the bar's height changes.
+        self.refresh(layout=len(self._lines(width)[1]) != lines)
 
     def text(self) -> str:
         """All parts on one line (for tests and logs)."""
