@@ -116,6 +116,20 @@ def test_an_answer_that_starts_in_plain_probes_medusa_at_once_and_keeps_the_fast
         assert modes[2 * _Pace.PROBE] == kept and pace.falling_back == (kept == "plain")
 
 
+def test_a_lucky_stretch_of_hits_does_not_decide():
+    """Medusa at 1.5x a plain step's time accepts 1 token a step, then its heads hit 7 times in a row: over the
+    answer it is still slower than plain (the tokens are averaged over the latest 64 steps, not the short run)."""
+    pace = _Pace()
+    for _ in range(60):
+        pace.record("medusa", 1, 1.5 * PLAIN)
+    for _ in range(_Pace.PROBE):
+        pace.record("plain", 1, PLAIN)
+    for _ in range(_Pace.PROBE):
+        pace.record("medusa", 3, 1.5 * PLAIN)
+    assert pace.rate("medusa") == pytest.approx((57 + 7 * 3) / 64 / (1.5 * PLAIN))
+    assert pace.rate("medusa") < pace.rate("plain") == pytest.approx(1 / PLAIN)
+
+
 def test_steps_without_tokens_or_time_wait_for_enough_timed_steps():
     pace = _Pace()
     modes = drive(pace, 20, lambda mode, i: (0, 0.0) if i < 5 else speeds(1.3)(mode, i))

@@ -62,8 +62,10 @@ LOOKUP_DECAY = 0.95  # weight of the lookup hit rate's history per scored step (
 class _Pace:
     """Automatic fallback: which of Medusa and plain steps is faster now, measured during the answer.
 
-    Each mode's rate is ``mean tokens / median seconds`` over its latest run of steps (the last
-    ``WINDOW``; timing noise moves a median little, and accepted tokens are signal, not noise). The
+    Each mode's rate is ``mean tokens / median seconds``: seconds over its latest run of steps (the last
+    ``WINDOW``: the machine's load drifts, and timing noise moves a median little), tokens over its latest
+    ``TOKENS_WINDOW`` steps of the answer whatever the runs (a tree's hits come and go step by step: a
+    short probe's mean is too rough to decide on, and accepted tokens are signal, not noise). The
     preferred mode runs in stretches; after each one the other mode is tried for ``PROBE`` steps and the
     faster of the two is kept. The next stretch is ``STAY`` steps times the kept mode's lead, doubling
     each time the choice is confirmed (up to ``MAX_STAY``), so a slower mode costs ever less. The first
@@ -79,6 +81,7 @@ class _Pace:
     """
 
     WINDOW = 16  # latest timed steps of a run whose median is used
+    TOKENS_WINDOW = 64  # latest steps of a mode in the answer whose mean tokens are used
     MIN_SAMPLES = 6  # timed steps a rate needs
     PROBE = MIN_SAMPLES + 1  # steps of a trial of the other mode (the first is not timed)
     STAY = 32  # steps of the preferred mode before the other one is tried again ...
@@ -89,25 +92,28 @@ class _Pace:
         self.mode = start
         self.left = self.PROBE  # steps before the next decision
         self.stay = stay
-        self._runs: dict[str, deque[tuple[int, float]]] = {m: deque(maxlen=self.WINDOW) for m in MODES}
+        self._runs: dict[str, deque[float]] = {m: deque(maxlen=self.WINDOW) for m in MODES}
+        self._tokens: dict[str, deque[int]] = {m: deque(maxlen=self.TOKENS_WINDOW) for m in MODES}
         self._last: str | None = None
         self._measured: dict[str, float | None] = dict.fromkeys(MODES)
 
     def record(self, mode: str, tokens: int, seconds: float) -> None:
         """One step's outcome: ``tokens`` emitted in ``seconds``."""
+        if tokens > 0:
+            self._tokens[mode].append(tokens)
         if mode != self._last:  # a new run: its first step is not timed
             self._last = mode
             self._runs[mode].clear()
         elif tokens > 0 and seconds > 0:
-            self._runs[mode].append((tokens, seconds))
+            self._runs[mode].append(seconds)
             self._measured[mode] = self.rate(mode) or self._measured[mode]
 
     def rate(self, mode: str) -> float | None:
-        """Tokens/s of ``mode``'s latest run, or None before it has enough timed steps."""
+        """Tokens/s of ``mode`` now, or None before its latest run has enough timed steps."""
         run = self._runs[mode]
         if len(run) < self.MIN_SAMPLES:
             return None
-        return statistics.fmean(t for t, _ in run) / statistics.median(s for _, s in run)
+        return statistics.fmean(self._tokens[mode]) / statistics.median(run)
 
     @property
     def plain_rate(self) -> float | None:
