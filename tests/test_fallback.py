@@ -195,10 +195,8 @@ def test_the_next_turn_starts_in_the_mode_the_last_answer_ended_preferring(monke
         return "".join("M" if e.tree_size > 1 else "p" for e in events)
 
     first = kinds(TOK("The quick brown fox")["input_ids"])
-    assert first.startswith("M") and gen._pace_end[0] == "plain"
-    stay = gen._pace_end[1]
-    assert stay > _Pace.STAY  # plain was confirmed: its stretches grew
-    # The next turn: plain, one probe of Medusa at its own context, then plain for the stretch reached before.
+    assert first.startswith("M") and gen._preferred == "plain"
+    # The next turn: plain, a probe of Medusa at its own context, then a stretch of plain.
     second = kinds(gen._cached_ids + TOK(" and then")["input_ids"])
     probe = "p" * _Pace.PROBE + "M" * _Pace.PROBE
     assert second.startswith(probe) and "M" not in second[len(probe) :]

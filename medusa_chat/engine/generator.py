@@ -75,9 +75,9 @@ class _Pace:
     Every answer measures both modes itself, one right after the other's first ``PROBE`` steps: a speed
     from an earlier answer or from calibration was measured at another context length (and another load on
     the machine), so neither the choice nor the app's speedup gauge rests on it. An answer starts in the mode
-    the previous answer of the conversation ended preferring (``start``), with the stretch it had reached
-    (``stay``): a conversation only grows, and a longer context costs a tree's rows more than a plain step,
-    so once plain wins it tends to keep winning.
+    the previous answer of the conversation ended preferring (``start``): a conversation only grows, and a
+    longer context costs a tree's rows more than a plain step, so once plain wins it tends to keep winning.
+    Its stretches start short again (``STAY``): one probe at a new context length is too little to stay on.
     """
 
     WINDOW = 16  # latest timed steps of a run whose median is used
@@ -87,11 +87,11 @@ class _Pace:
     STAY = 32  # steps of the preferred mode before the other one is tried again ...
     MAX_STAY = 512  # ... doubling each time the preferred mode is confirmed, up to this
 
-    def __init__(self, start: str = "medusa", stay: int = STAY) -> None:
+    def __init__(self, start: str = "medusa") -> None:
         self.preferred = start
         self.mode = start
         self.left = self.PROBE  # steps before the next decision
-        self.stay = stay
+        self.stay = self.STAY
         self._runs: dict[str, deque[float]] = {m: deque(maxlen=self.WINDOW) for m in MODES}
         self._tokens: dict[str, deque[int]] = {m: deque(maxlen=self.TOKENS_WINDOW) for m in MODES}
         self._last: str | None = None
@@ -178,7 +178,7 @@ class Generator:
         self.max_context = max_context or _context_window(self.decoder.config)
         self.eos_ids = eos_ids if eos_ids is not None else _eos_ids(self.decoder, tokenizer)
         self._cached_ids: list[int] = []
-        self._pace_end = ("medusa", _Pace.STAY)  # the fallback's preferred mode and stretch after the latest answer
+        self._preferred = "medusa"  # the mode the automatic fallback preferred at the end of the latest answer
         self.profile: StepProfile | None = None  # set to time each step's sections (bench --profile)
         self.step_costs: dict[int, float] = {}  # measured step cost by slots, relative to plain (calibration)
         self.tree_tokens = 1.0  # the tree's expected tokens per step (calibration's prediction)
@@ -278,8 +278,7 @@ class Generator:
             raise ValueError(f"acceptance must be one of {', '.join(ACCEPTANCE_MODES)}, not {config.acceptance!r}")
         use_medusa = config.medusa and ((self.heads is not None and self.tree.size > 1) or config.prompt_lookup > 0)
         continues = 0 < len(self._cached_ids) <= 2 * _common_prefix(self._cached_ids, input_ids)  # the conversation
-        pace = _Pace(*self._pace_end) if continues else _Pace()
-        pace = pace if use_medusa and config.auto_fallback else None
+        pace = _Pace(self._preferred if continues else "medusa") if use_medusa and config.auto_fallback else None
         fallback_steps = 0
         rng = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         text = TextStream(self.tokenizer, config.stop_strings)
@@ -339,7 +338,7 @@ class Generator:
             self._keep_answer(len(input_ids) + len(new_ids) - 1)
         finally:
             if pace is not None:
-                self._pace_end = (pace.preferred, pace.stay)
+                self._preferred = pace.preferred
         tail = text.flush()
         if tail:
             yield StepEvent([], tail, 0, 0, 0.0, [])
