@@ -113,7 +113,7 @@ class LoadedModel:
         return [bos_id, *ids] if wants_bos else ids
 
     def calibrate(self, tokens: int = 16) -> float:
-        """Plain greedy decoding speed (tokens/s) on a short fixed prompt: the speedup gauge's baseline."""
+        """Plain greedy decoding speed (tokens/s) on :data:`CALIBRATION_CHAT`: the speedup gauge's baseline."""
         from .engine.generator import GenerationConfig
 
         ids = calibration_ids(self.chat_ids, self.generator.max_context)

@@ -277,8 +277,8 @@ class Generator:
         if config.acceptance not in ACCEPTANCE_MODES:
             raise ValueError(f"acceptance must be one of {', '.join(ACCEPTANCE_MODES)}, not {config.acceptance!r}")
         use_medusa = config.medusa and ((self.heads is not None and self.tree.size > 1) or config.prompt_lookup > 0)
-        continues = 0 < len(self._cached_ids) <= 2 * _common_prefix(self._cached_ids, input_ids)  # the conversation
-        pace = _Pace(self._preferred if continues else "medusa") if use_medusa and config.auto_fallback else None
+        cached = len(self._cached_ids)
+        pace: _Pace | None = None
         fallback_steps = 0
         rng = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         text = TextStream(self.tokenizer, config.stop_strings)
@@ -292,6 +292,8 @@ class Generator:
                 t0 = time.perf_counter()
                 reused, state = self._prefill(input_ids)
                 prefill_time = time.perf_counter() - t0
+                if use_medusa and config.auto_fallback:  # a turn of the same conversation starts as the last ended
+                    pace = _Pace(self._preferred if 0 < cached <= 2 * reused else "medusa")
                 while len(new_ids) < config.max_new_tokens:
                     if cancel is not None and cancel.is_set():
                         stop_reason = "cancelled"
@@ -329,14 +331,12 @@ class Generator:
                         stop_reason = "stop_string"
                         break
         except GeneratorExit:  # the consumer stopped reading: the cache is consistent at every yield
-            self._keep_answer(len(input_ids) + len(new_ids) - 1)
             raise
         except BaseException:  # an error inside a step may leave the cache half-updated: start afresh next time
             self.reset()
             raise
-        else:
-            self._keep_answer(len(input_ids) + len(new_ids) - 1)
         finally:
+            self._keep_answer(len(input_ids) + len(new_ids) - 1)  # after reset() there is nothing to cut
             if pace is not None:
                 self._preferred = pace.preferred
         tail = text.flush()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from ..engine.events import GenerationStats, StepEvent
@@ -122,17 +124,12 @@ class Gauges:
         side) over the run's median; the median over runs. None before a run has enough steps on both sides."""
         ratios: list[float] = []
         start = 0
-        while start < len(self.timed):
-            if not self.timed[start][0]:
-                start += 1
-                continue
-            stop = start
-            while stop < len(self.timed) and self.timed[stop][0]:
-                stop += 1
-            plain = [t for _, t in self.timed[start:stop]]
+        for plain, run in groupby(self.timed, key=itemgetter(0)):
+            times = [t for _, t in run]
+            stop = start + len(times)
             near = [t for p, t in self.timed[max(0, start - PLAIN_WINDOW) : stop + PLAIN_WINDOW] if not p]
-            if len(plain) >= MIN_PLAIN_STEPS and len(near) >= MIN_PLAIN_STEPS:
-                ratios.append(statistics.median(near) / statistics.median(plain))
+            if plain and len(times) >= MIN_PLAIN_STEPS and len(near) >= MIN_PLAIN_STEPS:
+                ratios.append(statistics.median(near) / statistics.median(times))
             start = stop
         return max(statistics.median(ratios), 1.0) if ratios else None  # a tree step does a plain one's work and more
 

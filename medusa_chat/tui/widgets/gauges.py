@@ -120,17 +120,18 @@ class GaugeBar(Widget):
         super().__init__(id=id)
         self.parts: dict[str, str] = gauge_parts(None, True, None)
         self._args: tuple[Gauges | None, bool, float | None, bool] = (None, True, None, False)
+        self._height = 0  # lines, as last shown
 
     def on_mount(self) -> None:
         self.tooltip = GAUGE_HELP
 
     def show(self, gauges: Gauges | None, medusa: bool, baseline: float | None, *, measuring: bool = False) -> None:
-        width = self.content_region.width or self.size.width
-        lines = len(self._lines(width)[1])
         self._args = (gauges, medusa, baseline, measuring)
         self.parts = gauge_parts(gauges, medusa, baseline, measuring=measuring)
+        height = len(self._lines(self.content_region.width or self.size.width)[1])
         # A new layout of the screen costs more the longer the transcript: only when the bar's height changes.
-        self.refresh(layout=len(self._lines(width)[1]) != lines)
+        self.refresh(layout=height != self._height)
+        self._height = height
 
     def text(self) -> str:
         """All parts on one line (for tests and logs)."""
