@@ -52,18 +52,20 @@ def test_logits_match_transformers_prefill_steps_and_tree(arch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_tree_rows_equal_one_token_steps_bit_for_bit(dtype):
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_tree_rows_equal_one_token_steps_bit_for_bit(dtype, kv_heads):
     """int4 weights (a row-independent kernel): every tree row's hidden state equals the one-token
-    step along its path exactly, at many cache lengths, so greedy Medusa is lossless on this decoder."""
+    step along its path exactly, at many cache lengths and groupings of query heads, so greedy
+    Medusa is lossless on this decoder."""
     from medusa_chat.engine.presets import PRESETS
     from medusa_chat.engine.tree import build_tree, with_chain
 
-    model = tiny_model("llama", dtype=torch.float32, num_attention_heads=4, num_key_value_heads=2)
+    model = tiny_model("llama", dtype=torch.float32, num_attention_heads=4, num_key_value_heads=kv_heads)
     lean = _lean(model, dtype, quant="int4")
     torch.manual_seed(3)
     chain = [[0], [0, 0], [0, 0, 0]]  # rows see a prefix of the cache: attended over slices, not gathers
     trees = (build_tree(PRESETS["cpu_16"], topk=10), build_tree(chain), with_chain(build_tree([[0]]), 3))
-    for length, tree in product((5, 17, 31, 64, 93), trees):
+    for length, tree in product((5, 17, 31, 63, 64, 93, 127), trees):
         ids = torch.randint(5, 300, (1, length))
         tree_ids = torch.randint(5, 300, (1, tree.size))
         with torch.inference_mode():
