@@ -225,7 +225,7 @@ class LeanLlama:
         end = start + q
         self.cache.reserve(end)
         tree = mask is not None and mask.dtype == torch.bool  # one-token steps and tree rows, computed alike
-        if mask is None and q > 1:
+        if mask is None and q > 1 and start > 0:  # from an empty cache, SDPA's own causal mask (it skips blocks)
             mask = torch.ones(q, end, dtype=torch.bool, device=self.device).tril(start)[None, None]
         elif mask is not None and mask.dtype != torch.bool:
             mask = mask.float()
@@ -288,8 +288,10 @@ class LeanLlama:
         """
         s = self.spec
         if plan is None:
+            causal = mask is None and xq.shape[1] > 1  # rows from an empty cache: top-left causal is theirs
             out = F.scaled_dot_product_attention(
-                xq.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=s.num_kv_heads != s.num_heads
+                xq.transpose(1, 2), keys, values, attn_mask=mask, is_causal=causal,
+                enable_gqa=s.num_kv_heads != s.num_heads,
             )
             return out.transpose(1, 2)
         if len(plan) == 1 and plan[0].extra is None:  # a one-token step
