@@ -281,10 +281,12 @@ class LeanLlama:
         """Attention of ``xq`` [B, q, heads, D] over ``keys``/``values`` [B, kv, L + q, D] -> [B, q, heads, D], fp32.
 
         One-token steps and tree rows (``plan``) are computed so that a row's result depends only on the keys it
-        sees, in their order: each row is attended alone over exactly those keys, with no padding (a padded
-        softmax rounds differently, and the fused kernel's rounding depends on the batch size). A tree row then
-        equals, bit for bit, the one-token step that would have computed it, so greedy Medusa equals plain
-        decoding. Prefill and batched decoding attend all rows at once.
+        sees, in their order: each row is attended alone over exactly those keys (torch's CPU flash attention
+        takes another, differently rounding path from 4 query rows on, and that path makes a plain step slower,
+        measured). A tree row then equals, bit for bit, the one-token step that would have computed it, so greedy
+        Medusa equals plain decoding. Prefill and batched decoding attend all rows at once: ``mask`` None means
+        causal for several rows (:meth:`forward` builds a mask once the cache holds earlier tokens) and every key
+        for one.
         """
         s = self.spec
         if plan is None:
